@@ -1,0 +1,32 @@
+"""picograd: lazy tensors compiled, forward and backward together, to Numba kernels."""
+
+from .tensor import (
+    Tensor,
+    arange,
+    eager,
+    eye,
+    full,
+    full_like,
+    grad,
+    is_eager,
+    manual_seed,
+    ones,
+    ones_like,
+    rand,
+    rand_like,
+    randn,
+    randn_like,
+    realize,
+    uniform,
+    uniform_like,
+    where,
+    zeros,
+    zeros_like,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "Tensor", "arange", "eager", "eye", "full", "full_like", "grad", "is_eager", "manual_seed", "ones",
+    "ones_like", "rand", "rand_like", "randn", "randn_like", "realize", "uniform", "uniform_like", "where",
+    "zeros", "zeros_like",
+]

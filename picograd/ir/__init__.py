@@ -1,0 +1,1 @@
+"""The IR: primitive ops, hash-consed nodes, shape rules, checked builders and autodiff."""

@@ -1,0 +1,162 @@
+"""Checked constructors for IR nodes: shape and dtype inference happen here, at build time.
+
+The Tensor front end and autodiff both build graphs only through these functions, so nothing
+ill-typed can reach the interpreter or a code generator."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import ops
+from .node import Node, make
+from .shape import check_expand, check_permute, matmul_shape, normalize_axes, resolve_reshape, slice_shape
+
+BOOL = np.dtype(np.bool_)
+UINT32 = np.dtype(np.uint32)
+
+
+def _fmt(n: Node) -> str:
+    return f"{n.dtype}{list(n.shape)}"
+
+
+def _same(op: str, *srcs: Node) -> None:
+    a = srcs[0]
+    for b in srcs[1:]:
+        if b.shape != a.shape:
+            raise ValueError(f"{op}: shapes {a.shape} and {b.shape} differ (broadcast first)")
+        if b.dtype != a.dtype:
+            raise TypeError(f"{op}: dtypes {a.dtype} and {b.dtype} differ ({_fmt(a)} vs {_fmt(b)})")
+        if a.device and b.device and b.device != a.device:
+            raise ValueError(f"{op}: operands are on different devices ({a.device} and {b.device})")
+
+
+def _float(op: str, x: Node) -> None:
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point tensor, got {_fmt(x)}")
+
+
+def const(value: Any, dtype: np.dtype, shape: tuple[int, ...] = ()) -> Node:
+    """A scalar constant broadcast to shape; constants take the device of whatever they meet."""
+    dtype = np.dtype(dtype)
+    v = bool(value) if dtype.kind == "b" else int(value) if dtype.kind in "iu" else float(value)
+    n = make(ops.CONST, (), dtype, (), v)
+    return expand(reshape(n, (1,) * len(shape)), shape) if shape else n
+
+
+def iota(shape: tuple[int, ...], axis: int, dtype: np.dtype) -> Node:
+    return make(ops.IOTA, (), np.dtype(dtype), tuple(shape), axis)
+
+
+def rand(seed: Node, shape: tuple[int, ...], dtype: np.dtype) -> Node:
+    if seed.dtype != UINT32 or seed.shape != ():
+        raise TypeError(f"rand: seed must be a uint32 scalar, got {_fmt(seed)}")
+    return make(ops.RAND, (seed,), np.dtype(dtype), tuple(shape))
+
+
+def unary(op: str, x: Node) -> Node:
+    if op not in ("neg", "detach"):
+        _float(op, x)
+    return make(op, (x,), x.dtype, x.shape)
+
+
+def cast(x: Node, dtype: np.dtype) -> Node:
+    dtype = np.dtype(dtype)
+    return x if x.dtype == dtype else make("cast", (x,), dtype, x.shape, dtype)
+
+
+def binary(op: str, a: Node, b: Node) -> Node:
+    _same(op, a, b)
+    if op == "pow":
+        _float(op, a)
+    return make(op, (a, b), BOOL if op in ops.COMPARE else a.dtype, a.shape)
+
+
+def where(c: Node, a: Node, b: Node) -> Node:
+    if c.dtype != BOOL:
+        raise TypeError(f"where: condition must be bool, got {_fmt(c)}")
+    if c.shape != a.shape:
+        raise ValueError(f"where: condition shape {c.shape} differs from {a.shape} (broadcast first)")
+    _same("where", a, b)
+    return make("where", (c, a, b), a.dtype, a.shape)
+
+
+def reduce(op: str, x: Node, axes: Sequence[int]) -> Node:
+    axes = normalize_axes(op, tuple(axes), len(x.shape))
+    if not axes:
+        return x
+    shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape))
+    if op == "reduce_max" and any(x.shape[a] == 0 for a in axes):
+        raise ValueError(f"{op}: cannot take the max over an empty axis of shape {x.shape}")
+    return make(op, (x,), x.dtype, shape, axes)
+
+
+def reshape(x: Node, shape: Sequence[int]) -> Node:
+    shape = resolve_reshape("reshape", x.shape, shape)
+    if shape == x.shape:
+        return x
+    if x.op == "reshape":  # reshape of reshape is one reshape: keeps graphs and keys small
+        x = x.srcs[0]
+        if shape == x.shape:
+            return x
+    return make("reshape", (x,), x.dtype, shape, shape)
+
+
+def permute(x: Node, order: Sequence[int]) -> Node:
+    order = check_permute("permute", x.shape, order)
+    if order == tuple(range(len(order))):
+        return x
+    return make("permute", (x,), x.dtype, tuple(x.shape[o] for o in order), order)
+
+
+def expand(x: Node, shape: Sequence[int]) -> Node:
+    shape = tuple(shape)
+    check_expand("expand", x.shape, shape)
+    return x if shape == x.shape else make("expand", (x,), x.dtype, shape, shape)
+
+
+def slice_(x: Node, slices: Sequence[tuple[int, int, int]]) -> Node:
+    slices = tuple(tuple(s) for s in slices)
+    shape = slice_shape("slice", x.shape, slices)
+    if all(s == (0, n, 1) for s, n in zip(slices, x.shape)):
+        return x
+    return make("slice", (x,), x.dtype, shape, slices)
+
+
+def pad(x: Node, full_shape: tuple[int, ...], slices: tuple[tuple[int, int, int], ...]) -> Node:
+    """The adjoint of slice: place x at `slices` inside zeros of `full_shape`."""
+    if slice_shape("pad", full_shape, slices) != x.shape:
+        raise ValueError(f"pad: {x.shape} does not fit slices {slices} of {full_shape}")
+    return make("pad", (x,), x.dtype, tuple(full_shape), (tuple(full_shape), slices))
+
+
+def matmul(a: Node, b: Node) -> Node:
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: dtypes {a.dtype} and {b.dtype} differ ({_fmt(a)} @ {_fmt(b)})")
+    if a.device and b.device and a.device != b.device:
+        raise ValueError(f"matmul: operands are on different devices ({a.device} and {b.device})")
+    _float("matmul", a)
+    return make(ops.MATMUL, (a, b), a.dtype, matmul_shape("matmul", a.shape, b.shape))
+
+
+# Small algebra used by autodiff and the front end.
+def add(a: Node, b: Node) -> Node:
+    return binary("add", a, b)
+
+
+def mul(a: Node, b: Node) -> Node:
+    return binary("mul", a, b)
+
+
+def neg(x: Node) -> Node:
+    return unary("neg", x)
+
+
+def full_like(x: Node, value: Any) -> Node:
+    return const(value, x.dtype, x.shape)
+
+
+def swap_last(x: Node) -> Node:
+    n = len(x.shape)
+    return permute(x, tuple(range(n - 2)) + (n - 1, n - 2))

@@ -1,0 +1,142 @@
+"""Immutable, hash-consed IR nodes.
+
+Building the same expression twice returns the same Node object, which gives common-subexpression
+elimination for free and lets a realized value be found again from its structure. Nodes are kept in a
+weak table, so a graph disappears when no Tensor refers to it any more.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import ops
+
+
+class Buffer:
+    """Realized data. Immutable by convention: an update makes a new Buffer, so every lazy graph that
+    read the old one stays valid (no version counters, no read-after-write hazards)."""
+
+    __slots__ = ("data", "device", "leaf", "__weakref__")
+
+    def __init__(self, data: Any, device: str = "cpu") -> None:
+        self.data = data
+        self.device = device
+        self.leaf: weakref.ref | None = None  # the leaf Tensor that owns it, for backward()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.data.dtype}{list(self.data.shape)}, {self.device})"
+
+
+class Node:
+    __slots__ = ("op", "srcs", "dtype", "shape", "arg", "device", "buffer", "tag", "__weakref__")
+
+    op: str
+    srcs: tuple[Node, ...]
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    arg: Any
+    device: str | None
+    buffer: Buffer | None  # set once realized; later realizes read it instead of recomputing
+    tag: str  # "forward" | "backward" | "update": which phase first built it (for dumps)
+
+    def __repr__(self) -> str:
+        return f"Node({self.op}, {self.dtype}{list(self.shape)}, arg={self.arg!r}, srcs={len(self.srcs)})"
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+_table: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_phase = ["forward"]
+
+
+class phase:
+    """Context manager naming the phase that the nodes built inside it belong to."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        _phase.append(self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        _phase.pop()
+
+
+def make(op: str, srcs: tuple[Node, ...], dtype: np.dtype, shape: tuple[int, ...], arg: Any = None) -> Node:
+    """Return the unique node for this structure (no checks: use ir.build for checked construction)."""
+    key = (op, srcs, dtype, shape, arg)
+    n = _table.get(key)
+    if n is not None:
+        return n
+    n = Node.__new__(Node)
+    n.op, n.srcs, n.dtype, n.shape, n.arg = op, srcs, dtype, shape, arg
+    # Constants and iotas have no device of their own (None): they take that of what they meet.
+    n.device = arg.device if op == ops.BUFFER else next((s.device for s in srcs if s.device), None)
+    n.buffer = arg if op == ops.BUFFER else None
+    n.tag = _phase[-1]
+    _table[key] = n
+    return n
+
+
+def buffer_node(buf: Buffer) -> Node:
+    data = buf.data
+    return make(ops.BUFFER, (), np.dtype(data.dtype), tuple(data.shape), buf)
+
+
+def toposort(roots: Iterable[Node], stop_at_realized: bool = False) -> list[Node]:
+    """Iterative post-order DFS (deep graphs would overflow Python's recursion limit).
+
+    With stop_at_realized, nodes that already hold a buffer are leaves: their sources are not visited."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in roots:
+        if id(root) in seen:
+            continue
+        stack = [(root, False)]
+        while stack:
+            n, done = stack.pop()
+            if done:
+                order.append(n)
+                continue
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            stack.append((n, True))
+            if stop_at_realized and n.buffer is not None:
+                continue
+            for s in reversed(n.srcs):
+                if id(s) not in seen:
+                    stack.append((s, False))
+    return order
+
+
+def structural_key(roots: list[Node]) -> tuple[tuple, list[Node]]:
+    """The graph's structure with realized inputs numbered by position: the compile cache key.
+
+    Returns (key, inputs): the same structure over other data gives the same key; another shape,
+    dtype or op gives another. inputs are the realized nodes in the order the key numbers them."""
+    order = toposort(roots, stop_at_realized=True)
+    index: dict[int, int] = {}
+    inputs: list[Node] = []
+    rows = []
+    for i, n in enumerate(order):
+        index[id(n)] = i
+        if n.buffer is not None:
+            rows.append(("in", len(inputs), n.dtype.str, n.shape, n.device))
+            inputs.append(n)
+        else:
+            rows.append((n.op, tuple(index[id(s)] for s in n.srcs), n.dtype.str, n.shape, n.arg))
+    outs = tuple(index[id(r)] for r in roots)
+    return (tuple(rows), outs), inputs

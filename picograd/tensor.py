@@ -1,0 +1,353 @@
+"""The user-facing Tensor. Every op builds an IR node (lazy, the default); in eager mode the node is
+also evaluated at once with numpy, which is the seed's behaviour and the reference for tests."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import eager as _eager
+from .ir import build as B
+from .ir.autodiff import gradients
+from .ir.node import Buffer, Node, buffer_node, phase
+from .ir.shape import broadcast_shapes, prod
+from .realize import realize_nodes
+from .tensor_ops import TensorOps
+
+FLOAT32 = np.dtype(np.float32)
+_state = {"eager": os.environ.get("PICOGRAD_EAGER", "0") not in ("", "0"), "seed": 0, "counter": 0}
+_rng = [np.random.default_rng(0)]
+# Tensors to realize with the next realize(): assigned parameters and the gradients of tracked
+# leaves. Weak, so a zero_grad() or a dropped tensor simply falls out.
+_pending: weakref.WeakSet = weakref.WeakSet()
+# Moves data between devices; picograd.cuda registers "cuda".
+to_device: dict[str, Callable[[np.ndarray], Any]] = {"cpu": lambda a: a}
+
+
+class eager:
+    """`with picograd.eager():` evaluates every op at once with numpy, like the seed did."""
+
+    def __init__(self, on: bool = True) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        self.prev = _state["eager"]
+        _state["eager"] = self.on
+
+    def __exit__(self, *exc: object) -> None:
+        _state["eager"] = self.prev
+
+
+def is_eager() -> bool:
+    return _state["eager"]
+
+
+def manual_seed(seed: int) -> None:
+    """Seeds host-side initialisers and the in-program (counter-based) dropout RNG."""
+    _rng[0] = np.random.default_rng(seed)
+    _state["seed"], _state["counter"] = int(seed), 0
+
+
+def _default_dtype(arr: np.ndarray, dtype: Any) -> np.dtype:
+    if dtype is not None:
+        return np.dtype(dtype)
+    if arr.dtype.kind == "f":
+        return FLOAT32  # float32 end to end unless asked otherwise
+    if arr.dtype.kind in "iub":
+        return arr.dtype
+    raise TypeError(f"Tensor: cannot make a tensor from data of dtype {arr.dtype}")
+
+
+class Tensor(TensorOps):
+    __slots__ = ("node", "_rg", "grad", "__weakref__")
+    __array_priority__ = 1000  # so numpy scalars/arrays on the left defer to Tensor's operators
+
+    def __init__(self, data: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu"):
+        if isinstance(data, Node):
+            node = data
+        else:
+            if isinstance(data, Tensor):
+                data = data.numpy()
+            arr = np.asarray(data)
+            arr = np.require(arr, dtype=_default_dtype(arr, dtype), requirements="C")
+            if device not in to_device:
+                raise ValueError(f"Tensor: unknown device {device!r} (available: {sorted(to_device)})")
+            node = buffer_node(Buffer(to_device[device](arr), device))
+        self.node: Node = node
+        # None: a gradient is available on demand (seed behaviour); True: tracked, its gradient is
+        # realized with the training step; False: never differentiated.
+        self._rg = requires_grad
+        self.grad: Tensor | None = None
+        if node.op == "buffer" and requires_grad is not False:
+            node.buffer.leaf = weakref.ref(self)
+        if _state["eager"]:
+            _eager.realize_now(node)
+
+    # ---- basic properties -------------------------------------------------------------------------
+    shape = property(lambda self: self.node.shape)
+    dtype = property(lambda self: self.node.dtype)
+    ndim = property(lambda self: len(self.node.shape))
+    size = property(lambda self: prod(self.node.shape))
+    device = property(lambda self: self.node.device or "cpu")
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._rg is not False and self.dtype.kind == "f"
+
+    @requires_grad.setter
+    def requires_grad(self, v: bool) -> None:
+        self._rg = bool(v)
+        if v and self.node.op == "buffer":
+            self.node.buffer.leaf = weakref.ref(self)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"Tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype})"
+
+    # ---- realization ------------------------------------------------------------------------------
+    def realize(self) -> Tensor:
+        realize(self)
+        return self
+
+    def numpy(self) -> np.ndarray:
+        self.realize()
+        data = self.node.buffer.data
+        return np.array(data.copy_to_host() if hasattr(data, "copy_to_host") else data)
+
+    value = property(numpy)  # the seed's name for it
+
+    def item(self) -> Any:
+        if self.size != 1:
+            raise ValueError(f"item: only a one-element tensor can be converted to a scalar, got shape {self.shape}")
+        return self.numpy().reshape(()).item()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        return bool(self.item())
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    # ---- autograd ---------------------------------------------------------------------------------
+    def backward(self, gradient: Tensor | None = None) -> None:
+        """Accumulate d self / d leaf into .grad of every differentiable leaf it depends on."""
+        if gradient is None and self.shape != ():
+            raise ValueError(
+                f"backward: called on a non-scalar tensor of shape {self.shape} without a gradient; "
+                "reduce it to a scalar (e.g. .sum()) or pass backward(gradient=...)"
+            )
+        if self.dtype.kind != "f":
+            raise TypeError(f"backward: called on a tensor of dtype {self.dtype}; only float tensors have gradients")
+        seed = None if gradient is None else _as_node(gradient, self).node
+        if seed is not None and seed.shape != self.shape:
+            raise ValueError(f"backward: gradient shape {seed.shape} differs from tensor shape {self.shape}")
+        leaves = _leaves(self.node)
+        grads = gradients(self.node, [t.node for t in leaves], seed)
+        with phase("backward"):
+            for t, g in zip(leaves, grads):
+                if g is None:
+                    continue
+                t.grad = Tensor(g, requires_grad=False) if t.grad is None else t.grad + Tensor(g)
+                if t._rg:
+                    _pending.add(t.grad)
+
+    def detach(self) -> Tensor:
+        return Tensor(B.unary("detach", self.node), requires_grad=False)
+
+    def assign(self, value: Any) -> Tensor:
+        """Replace this tensor's value (in place, as seen by the user). Lazy: the new value is computed
+        with the next realize(), in the same program as everything else pending."""
+        v = _as_node(value, self)
+        if v.shape != self.shape:
+            v = v.expand(*self.shape) if broadcast_shapes("assign", v.shape, self.shape) == self.shape else v
+        if v.shape != self.shape or v.dtype != self.dtype:
+            raise ValueError(f"assign: value {v.dtype}{list(v.shape)} does not match {self.dtype}{list(self.shape)}")
+        self.node = B.unary("detach", v.node) if v.node.op != "buffer" else v.node
+        _pending.add(self)
+        if _state["eager"]:
+            _eager.realize_now(self.node)
+            _cut_history(self)
+        return self
+
+    # ---- construction helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _make(node: Node) -> Tensor:
+        return Tensor(node)
+
+    def _lift(self, x: Any) -> Tensor:
+        return _as_node(x, self)
+
+    def _dropout_seed(self) -> Node:
+        # A fresh uint32 seed buffer per call: its value varies, the program's structure does not.
+        s = (_state["seed"] * 1000003 + _state["counter"] * 7919 + 12345) & 0xFFFFFFFF
+        _state["counter"] += 1
+        return Tensor(np.array(s, dtype=np.uint32), requires_grad=False, device=self.device).node
+
+    def cast(self, dtype: Any) -> Tensor:
+        return Tensor(B.cast(self.node, np.dtype(dtype)))
+
+    astype = cast
+
+    def float(self) -> Tensor:
+        return self.cast(FLOAT32)
+
+    def to(self, device: str) -> Tensor:
+        if device == self.device:
+            return self
+        if device not in to_device:
+            raise ValueError(f"to: unknown device {device!r} (available: {sorted(to_device)})")
+        t = Tensor(self.numpy(), requires_grad=self._rg, device=device)
+        return t
+
+    def contiguous(self) -> Tensor:
+        return self
+
+
+def _cut_history(t: Tensor) -> None:
+    """After an assign is realized the tensor is a plain leaf again, so graphs don't grow across steps."""
+    buf = t.node.buffer
+    if t.node.op != "buffer":
+        buf = Buffer(buf.data, buf.device)
+        t.node = buffer_node(buf)
+    if t._rg is not False:
+        buf.leaf = weakref.ref(t)
+
+
+def _leaves(root: Node) -> list[Tensor]:
+    from .ir.node import toposort
+
+    out = []
+    for n in toposort([root]):
+        if n.op == "buffer" and n.buffer.leaf is not None and n.dtype.kind == "f":
+            t = n.buffer.leaf()
+            if t is not None and t._rg is not False and t.node is n:
+                out.append(t)
+    return out
+
+
+def realize(*tensors: Tensor) -> None:
+    """Compute the given tensors and everything pending (assigns, tracked gradients) as one program."""
+    pending = list(_pending)
+    _pending.clear()
+    realize_nodes([t.node for t in tensors] + [t.node for t in pending])
+    for t in pending:
+        _cut_history(t)
+
+
+def _as_node(x: Any, like: Tensor) -> Tensor:
+    """Python scalars take the dtype of the tensor they meet (so 0.5 stays float32)."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (bool, int, float, np.number, np.bool_)):
+        dt = like.dtype
+        if isinstance(x, (float, np.floating)) and dt.kind != "f":
+            dt = FLOAT32
+        elif isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and dt.kind == "b":
+            dt = np.dtype(np.int64)
+        return Tensor(B.const(x, dt))
+    return Tensor(np.asarray(x), dtype=like.dtype if np.asarray(x).dtype.kind == "f" else None)
+
+
+# ---- constructors -------------------------------------------------------------------------------
+def _shape(shape: Sequence[Any]) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    if any(not isinstance(s, (int, np.integer)) or s < 0 for s in shape):
+        raise ValueError(f"expected a shape of non-negative ints, got {shape}")
+    return tuple(int(s) for s in shape)
+
+
+def _new(arr: np.ndarray, dtype: Any, requires_grad: bool | None, device: str) -> Tensor:
+    return Tensor(arr, dtype=dtype or FLOAT32, requires_grad=requires_grad, device=device)
+
+
+def zeros(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
+    return _new(np.zeros(_shape(shape), dtype or FLOAT32), dtype, requires_grad, device)
+
+
+def ones(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
+    return _new(np.ones(_shape(shape), dtype or FLOAT32), dtype, requires_grad, device)
+
+
+def full(shape: Any, value: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
+    shape = _shape((shape,) if isinstance(shape, (tuple, list)) else (shape,))
+    return _new(np.full(shape, value, dtype or FLOAT32), dtype, requires_grad, device)
+
+
+def eye(n: int, m: int | None = None, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu"):
+    return _new(np.eye(n, m, dtype=dtype or FLOAT32), dtype, requires_grad, device)
+
+
+def arange(start: Any, stop: Any = None, step: Any = 1, dtype: Any = None, requires_grad: bool | None = None,
+           device: str = "cpu") -> Tensor:
+    arr = np.arange(start, stop, step) if stop is not None else np.arange(start)
+    dtype = dtype or (FLOAT32 if arr.dtype.kind == "f" else np.dtype(np.int64))
+    return Tensor(arr, dtype=dtype, requires_grad=requires_grad, device=device)
+
+
+def rand(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
+    return _new(_rng[0].random(_shape(shape), dtype=np.float64), dtype, requires_grad, device)
+
+
+def randn(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
+    return _new(_rng[0].standard_normal(_shape(shape)), dtype, requires_grad, device)
+
+
+def uniform(*shape: Any, low: float = 0.0, high: float = 1.0, dtype: Any = None, requires_grad: bool | None = None,
+            device: str = "cpu") -> Tensor:
+    return _new(_rng[0].uniform(low, high, _shape(shape)), dtype, requires_grad, device)
+
+
+def _like(fn: Callable) -> Callable:
+    def like(t: Tensor, *args: Any, dtype: Any = None, requires_grad: bool | None = None, **kw: Any) -> Tensor:
+        return fn(t.shape, *args, dtype=dtype or t.dtype, requires_grad=requires_grad, device=t.device, **kw)
+
+    like.__name__ = fn.__name__ + "_like"
+    like.__doc__ = f"{fn.__name__} with the shape, dtype and device of a tensor."
+    return like
+
+
+zeros_like, ones_like, full_like = _like(zeros), _like(ones), _like(full)
+rand_like, randn_like, uniform_like = _like(rand), _like(randn), _like(uniform)
+CONSTRUCTORS = (zeros, ones, full, eye, arange, rand, randn, uniform,
+                zeros_like, ones_like, full_like, rand_like, randn_like, uniform_like)
+for _fn in CONSTRUCTORS:
+    setattr(Tensor, _fn.__name__, staticmethod(_fn))
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    anchor = next((x for x in (a, b, cond) if isinstance(x, Tensor)), None)
+    if anchor is None:
+        raise TypeError("where: at least one argument must be a Tensor")
+    return anchor._where(cond, a, b)
+
+
+def grad(f: Callable[..., Tensor], argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """The gradient of a scalar-valued function, as a function; composes with itself (grad of grad)."""
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def df(*args: Any) -> Any:
+        ts = [a if isinstance(a, Tensor) else Tensor(a) for a in args]
+        out = f(*ts)
+        if not isinstance(out, Tensor) or out.shape != ():
+            raise ValueError(f"grad: the function must return a scalar Tensor, got {getattr(out, 'shape', out)!r}")
+        gs = gradients(out.node, [ts[i].node for i in nums])
+        res = [Tensor(g) if g is not None else zeros_like(ts[i]) for g, i in zip(gs, nums)]
+        return res[0] if isinstance(argnums, int) else tuple(res)
+
+    return df

@@ -1,0 +1,367 @@
+"""Tensor operations, as a mixin of Tensor: each lowers to IR primitives through ir.build.
+
+Broadcasting, scalar lifting and dtype promotion happen here, so the IR only ever sees operands of
+equal shape and dtype."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .ir import build as B
+from .ir.node import Node
+from .ir.shape import broadcast_shapes, normalize_axes, prod
+
+FLOAT32 = np.dtype(np.float32)
+
+
+def _promote(op: str, a: Node, b: Node) -> tuple[Node, Node]:
+    """bool < int < float: the lower kind is cast up. Two floats (or two ints) of different width
+    are an error rather than a silent float64 promotion."""
+    if a.dtype == b.dtype:
+        return a, b
+    rank = {"b": 0, "i": 1, "u": 1, "f": 2}
+    ra, rb = rank[a.dtype.kind], rank[b.dtype.kind]
+    if ra == rb:
+        raise TypeError(f"{op}: dtypes {a.dtype} and {b.dtype} differ ({a.dtype}{list(a.shape)} vs "
+                        f"{b.dtype}{list(b.shape)}); cast one explicitly")
+    return (B.cast(a, b.dtype), b) if ra < rb else (a, B.cast(b, a.dtype))
+
+
+def _broadcast_to(x: Node, shape: tuple[int, ...]) -> Node:
+    if x.shape == shape:
+        return x
+    x = B.reshape(x, (1,) * (len(shape) - len(x.shape)) + x.shape)
+    return B.expand(x, shape)
+
+
+def _shape_args(shape: Sequence[Any]) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+class TensorOps:
+    __slots__ = ()
+    node: Node
+
+    # Subclasses provide construction from a node (which realizes at once in eager mode).
+    @staticmethod
+    def _make(node: Node) -> Any:
+        raise NotImplementedError
+
+    def _lift(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    # ---- elementwise ------------------------------------------------------------------------------
+    def _binary(self, op: str, other: Any, reverse: bool = False) -> Any:
+        o = self._lift(other)
+        a, b = (o.node, self.node) if reverse else (self.node, o.node)
+        a, b = _promote(op, a, b)
+        shape = broadcast_shapes(op, a.shape, b.shape)
+        return self._make(B.binary(op, _broadcast_to(a, shape), _broadcast_to(b, shape)))
+
+    def _unary(self, op: str) -> Any:
+        x = self.node
+        if x.dtype.kind != "f" and op != "neg":
+            x = B.cast(x, FLOAT32)
+        return self._make(B.unary(op, x))
+
+    def __add__(self, o: Any) -> Any:
+        return self._binary("add", o)
+
+    def __radd__(self, o: Any) -> Any:
+        return self._binary("add", o, True)
+
+    def __mul__(self, o: Any) -> Any:
+        return self._binary("mul", o)
+
+    def __rmul__(self, o: Any) -> Any:
+        return self._binary("mul", o, True)
+
+    def __neg__(self) -> Any:
+        return self._unary("neg")
+
+    def __sub__(self, o: Any) -> Any:
+        return self + (-self._lift(o))
+
+    def __rsub__(self, o: Any) -> Any:
+        return self._lift(o) + (-self)
+
+    def __truediv__(self, o: Any) -> Any:
+        o = self._lift(o)
+        if self.node.dtype.kind != "f" and o.node.dtype.kind != "f":
+            return self.float() / o.float()
+        return self * o.reciprocal()
+
+    def __rtruediv__(self, o: Any) -> Any:
+        return self._lift(o) / self
+
+    def __pow__(self, o: Any) -> Any:
+        if isinstance(o, (int, float)) and not isinstance(o, bool):
+            if o == 2:  # the common square: exact, and its gradient needs no pow
+                return self * self
+            if o == 1:
+                return self
+            if o == 0.5:
+                return self.sqrt()
+            if o == -1:
+                return self.reciprocal()
+        return self._binary("pow", o)
+
+    def __rpow__(self, o: Any) -> Any:
+        return self._binary("pow", o, True)
+
+    def exp(self) -> Any:
+        return self._unary("exp")
+
+    def log(self) -> Any:
+        return self._unary("log")
+
+    def sqrt(self) -> Any:
+        return self._unary("sqrt")
+
+    def sin(self) -> Any:
+        return self._unary("sin")
+
+    def cos(self) -> Any:
+        return self._unary("cos")
+
+    def tanh(self) -> Any:
+        return self._unary("tanh")
+
+    def reciprocal(self) -> Any:
+        return self._unary("recip")
+
+    def sigmoid(self) -> Any:
+        return (1.0 + (-self).exp()).reciprocal()
+
+    def relu(self) -> Any:
+        return self.where_positive(self, 0.0)
+
+    def leaky_relu(self, negative_slope: float = 0.01) -> Any:
+        return self.where_positive(self, self * negative_slope)
+
+    def where_positive(self, a: Any, b: Any) -> Any:
+        return self._where(self > 0, a, b)
+
+    def abs(self) -> Any:
+        return self._where(self < 0, -self, self)
+
+    def _where(self, cond: Any, a: Any, b: Any) -> Any:
+        c = self._lift(cond)
+        a, b = self._lift(a), self._lift(b)
+        if c.node.dtype.kind != "b":
+            raise TypeError(f"where: condition must be a bool tensor, got {c.node.dtype}{list(c.node.shape)}")
+        an, bn = _promote("where", a.node, b.node)
+        shape = broadcast_shapes("where", broadcast_shapes("where", c.node.shape, an.shape), bn.shape)
+        return self._make(B.where(*(_broadcast_to(n, shape) for n in (c.node, an, bn))))
+
+    def maximum(self, o: Any) -> Any:
+        return self._binary("max", o)
+
+    def minimum(self, o: Any) -> Any:
+        return -((-self)._binary("max", -self._lift(o)))
+
+    def clip(self, lo: Any = None, hi: Any = None) -> Any:
+        out = self
+        if lo is not None:
+            out = out.maximum(lo)
+        if hi is not None:
+            out = out.minimum(hi)
+        return out
+
+    clamp = clip
+
+    # ---- comparisons (bool results, no gradient) --------------------------------------------------
+    def __lt__(self, o: Any) -> Any:
+        return self._binary("cmplt", o)
+
+    def __le__(self, o: Any) -> Any:
+        return self._binary("cmple", o)
+
+    def __gt__(self, o: Any) -> Any:
+        return self._binary("cmplt", o, True)
+
+    def __ge__(self, o: Any) -> Any:
+        return self._binary("cmple", o, True)
+
+    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
+        return self._binary("cmpeq", o)
+
+    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+        return self._binary("cmpne", o)
+
+    # ---- reductions -------------------------------------------------------------------------------
+    def _axes(self, op: str, axis: Any, dim: Any) -> tuple[int, ...]:
+        if axis is not None and dim is not None:
+            raise TypeError(f"{op}: pass axis= or dim=, not both")
+        return normalize_axes(op, axis if dim is None else dim, len(self.node.shape))
+
+    def _reduce(self, op: str, axes: tuple[int, ...], keepdims: bool) -> Any:
+        x = self.node
+        if op == "reduce_sum" and x.dtype.kind == "b":
+            x = B.cast(x, np.dtype(np.int64))
+        r = B.reduce(op, x, axes)
+        if not keepdims:
+            r = B.reshape(r, tuple(s for i, s in enumerate(x.shape) if i not in axes))
+        return self._make(r)
+
+    def sum(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
+        return self._reduce("reduce_sum", self._axes("sum", axis, dim), keepdims)
+
+    def mean(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
+        axes = self._axes("mean", axis, dim)
+        x = self if self.node.dtype.kind == "f" else self.float()
+        return x._reduce("reduce_sum", axes, keepdims) * (1.0 / max(prod(self.node.shape[a] for a in axes), 1))
+
+    def max(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
+        return self._reduce("reduce_max", self._axes("max", axis, dim), keepdims)
+
+    def min(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
+        return -((-self).max(axis, keepdims, dim))
+
+    def argmax(self, axis: int = -1, dim: Any = None) -> Any:
+        """Index of the first maximum along one axis (int64, no gradient)."""
+        (ax,) = self._axes("argmax", axis, dim)
+        x = self.detach()
+        n = x.node.shape[ax]
+        idx = self._make(B.iota(x.node.shape, ax, np.dtype(np.int64)))
+        hit = x == x.max(ax, keepdims=True)
+        return hit._where(hit, idx, n).min(ax)
+
+    def softmax(self, axis: int = -1, dim: Any = None) -> Any:
+        (ax,) = self._axes("softmax", axis, dim)
+        e = (self - self.detach().max(ax, keepdims=True)).exp()
+        return e / e.sum(ax, keepdims=True)
+
+    def log_softmax(self, axis: int = -1, dim: Any = None) -> Any:
+        (ax,) = self._axes("log_softmax", axis, dim)
+        z = self - self.detach().max(ax, keepdims=True)
+        return z - z.exp().sum(ax, keepdims=True).log()
+
+    # ---- movement ---------------------------------------------------------------------------------
+    def reshape(self, *shape: Any) -> Any:
+        return self._make(B.reshape(self.node, _shape_args(shape)))
+
+    view = reshape
+
+    def permute(self, *order: Any) -> Any:
+        return self._make(B.permute(self.node, _shape_args(order)))
+
+    def transpose(self, a: int = -2, b: int = -1) -> Any:
+        n = len(self.node.shape)
+        if n < 2:
+            return self
+        order = list(range(n))
+        a, b = normalize_axes("transpose", a, n)[0], normalize_axes("transpose", b, n)[0]
+        order[a], order[b] = order[b], order[a]
+        return self.permute(order)
+
+    T = property(lambda self: self.permute(tuple(reversed(range(len(self.node.shape))))))
+
+    def expand(self, *shape: Any) -> Any:
+        shape = _shape_args(shape)
+        x = self.node
+        full = tuple(x.shape[i - (len(shape) - len(x.shape))] if s == -1 else s for i, s in enumerate(shape))
+        if len(full) < len(x.shape):
+            raise ValueError(f"expand: cannot expand shape {x.shape} to fewer dimensions {shape}")
+        return self._make(_broadcast_to(x, full))
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Any:
+        s = self.node.shape
+        if not s:
+            return self.reshape(1)
+        a, b = normalize_axes("flatten", start_dim, len(s))[0], normalize_axes("flatten", end_dim, len(s))[0]
+        return self.reshape(s[:a] + (prod(s[a : b + 1]),) + s[b + 1 :])
+
+    def unsqueeze(self, axis: int) -> Any:
+        s = list(self.node.shape)
+        axis = axis % (len(s) + 1)
+        return self.reshape(s[:axis] + [1] + s[axis:])
+
+    def squeeze(self, axis: Any = None) -> Any:
+        s = self.node.shape
+        axes = [i for i, d in enumerate(s) if d == 1] if axis is None else normalize_axes("squeeze", axis, len(s))
+        for a in axes:
+            if s[a] != 1:
+                raise ValueError(f"squeeze: axis {a} of shape {s} has size {s[a]}, not 1")
+        return self.reshape(tuple(d for i, d in enumerate(s) if i not in axes))
+
+    def __getitem__(self, idx: Any) -> Any:
+        """Basic indexing: ints, slices (any step), None and Ellipsis."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        shape = self.node.shape
+        if any(not isinstance(i, (int, np.integer, slice, type(None), type(Ellipsis))) or isinstance(i, bool)
+               for i in idx):
+            raise TypeError(f"getitem: only ints, slices, None and ... are supported, got {idx!r} for shape {shape}")
+        n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        if n_real > len(shape) or sum(1 for i in idx if i is Ellipsis) > 1:
+            raise IndexError(f"getitem: too many indices {idx!r} for shape {shape}")
+        if Ellipsis in idx:
+            k = idx.index(Ellipsis)
+            idx = idx[:k] + (slice(None),) * (len(shape) - n_real) + idx[k + 1 :]
+        idx = idx + (slice(None),) * (len(shape) - n_real)
+        slices, out_shape, axis = [], [], 0
+        for i in idx:
+            if i is None:
+                out_shape.append(1)
+                continue
+            dim = shape[axis]
+            if isinstance(i, slice):
+                s = i.indices(dim)
+                slices.append(s)
+                out_shape.append(len(range(*s)))
+            else:
+                if not -dim <= int(i) < dim:
+                    raise IndexError(f"getitem: index {i} is out of bounds for axis {axis} with size {dim}")
+                j = int(i) % dim
+                slices.append((j, j + 1, 1))
+            axis += 1
+        return self._make(B.reshape(B.slice_(self.node, slices), tuple(out_shape)))
+
+    # ---- matmul -----------------------------------------------------------------------------------
+    def matmul(self, other: Any) -> Any:
+        o = self._lift(other)
+        a, b = self.node, o.node
+        if not a.shape or not b.shape:
+            raise ValueError(f"matmul: both operands need at least one dimension, got {a.shape} and {b.shape}")
+        if a.dtype != b.dtype:
+            a, b = _promote("matmul", a, b)
+        a2 = B.reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
+        b2 = B.reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
+        if a2.shape[-1] != b2.shape[-2]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned ({a2.shape[-1]} != {b2.shape[-2]})")
+        batch = broadcast_shapes("matmul", a2.shape[:-2], b2.shape[:-2])
+        m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+        if batch:
+            nb = prod(batch)
+            a3 = B.reshape(_broadcast_to(a2, batch + (m, k)), (nb, m, k))
+            b3 = B.reshape(_broadcast_to(b2, batch + (k, n)), (nb, k, n))
+            out = B.reshape(B.matmul(a3, b3), batch + (m, n))
+        else:
+            out = B.matmul(a2, b2)
+        final = batch + ((m,) if len(a.shape) > 1 else ()) + ((n,) if len(b.shape) > 1 else ())
+        return self._make(B.reshape(out, final))
+
+    __matmul__ = matmul
+    dot = matmul
+
+    def __rmatmul__(self, other: Any) -> Any:
+        return self._lift(other).matmul(self)
+
+    # ---- random -----------------------------------------------------------------------------------
+    def dropout(self, p: float = 0.5, training: bool = True) -> Any:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+        if not training or p == 0.0:
+            return self
+        keep = self._make(B.rand(self._dropout_seed(), self.node.shape, self.node.dtype)) >= p
+        return self._where(keep, self * (1.0 / (1.0 - p)), 0.0)
+
+    def _dropout_seed(self) -> Node:
+        raise NotImplementedError
+
+    def float(self) -> Any:
+        raise NotImplementedError
