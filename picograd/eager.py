@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from .ir import ops
+from .ir.autodiff import expand_grads
 from .ir.node import Buffer, Node, toposort
 
 
@@ -120,6 +121,7 @@ def run_node(n: Node, v: list[np.ndarray]) -> np.ndarray:
 def evaluate(roots: list[Node]) -> list[np.ndarray]:
     """Evaluate roots, reading realized nodes' buffers and computing everything else."""
     vals: dict[int, np.ndarray] = {}
+    roots = expand_grads(roots)
     for n in toposort(roots, stop_at_realized=True):
         if n.buffer is not None:
             vals[id(n)] = np.asarray(n.buffer.data)

@@ -11,7 +11,6 @@ import numpy as np
 
 from . import eager as _eager
 from .ir import build as B
-from .ir.autodiff import gradients
 from .ir.node import Buffer, Node, buffer_node, phase
 from .ir.shape import broadcast_shapes, prod
 from .realize import realize_nodes
@@ -156,13 +155,12 @@ class Tensor(TensorOps):
         seed = None if gradient is None else _as_node(gradient, self).node
         if seed is not None and seed.shape != self.shape:
             raise ValueError(f"backward: gradient shape {seed.shape} differs from tensor shape {self.shape}")
-        leaves = _leaves(self.node)
-        grads = gradients(self.node, [t.node for t in leaves], seed)
+        # Placeholders only: realize() expands them into the VJP graph when it has to compile, so a
+        # cached training step never builds its backward graph in Python.
         with phase("backward"):
-            for t, g in zip(leaves, grads):
-                if g is None:
-                    continue
-                t.grad = Tensor(g, requires_grad=False) if t.grad is None else t.grad + Tensor(g)
+            for t in _leaves(self.node):
+                g = Tensor(B.grad(self.node, t.node, seed), requires_grad=False)
+                t.grad = g if t.grad is None else t.grad + g
                 if t._rg:
                     _pending.add(t.grad)
 
@@ -346,8 +344,7 @@ def grad(f: Callable[..., Tensor], argnums: int | Sequence[int] = 0) -> Callable
         out = f(*ts)
         if not isinstance(out, Tensor) or out.shape != ():
             raise ValueError(f"grad: the function must return a scalar Tensor, got {getattr(out, 'shape', out)!r}")
-        gs = gradients(out.node, [ts[i].node for i in nums])
-        res = [Tensor(g) if g is not None else zeros_like(ts[i]) for g, i in zip(gs, nums)]
+        res = [Tensor(B.grad(out.node, ts[i].node)) for i in nums]
         return res[0] if isinstance(argnums, int) else tuple(res)
 
     return df

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Callable
 
 from . import build as B
-from .node import Node, phase, toposort
+from . import ops
+from .node import Node, make, phase, toposort
 
 # Each rule maps (node, its output gradient g) to one gradient per source (None: no gradient).
 VJP = Callable[[Node, Node], tuple["Node | None", ...]]
@@ -78,6 +79,44 @@ RULES: dict[str, VJP] = {
 NO_GRAD = {"cmplt", "cmple", "cmpeq", "cmpne", "buffer", "const", "iota", "rand"}
 
 
+def expand_grads(roots: list[Node], full: bool = False) -> list[Node]:
+    """Replace every unexpanded grad node under roots by its VJP graph (the IR → IR autodiff pass).
+
+    All grad nodes sharing a (root, seed) are expanded by one reverse walk, so a training step's
+    parameter gradients cost one backward pass. Graphs without grad nodes are returned unchanged.
+    With full, realized nodes are looked through too (differentiating needs the whole graph)."""
+    order = toposort(roots, stop_at_realized=not full)
+    if not any(n.op == ops.GRAD and (full or n.buffer is None) for n in order):
+        return roots
+    new: dict[int, Node] = {}
+    done: dict[int, Node] = {}  # grad node id -> its expansion
+    for n in order:
+        if n.buffer is not None and not full:
+            continue
+        if n.op == ops.GRAD:
+            if id(n) not in done:
+                _expand_group(n, order, done)
+            new[id(n)] = done[id(n)]
+            continue
+        srcs = tuple(new.get(id(s), s) for s in n.srcs)
+        if srcs != n.srcs:
+            m = make(n.op, srcs, n.dtype, n.shape, n.arg)
+            if m.tag == "forward":
+                m.tag = n.tag
+            new[id(n)] = m
+    return [new.get(id(r), r) for r in roots]
+
+
+def _expand_group(g: Node, order: list[Node], done: dict[int, Node]) -> None:
+    root, seed = g.srcs[0], (g.srcs[2] if len(g.srcs) > 2 else None)
+    group = [n for n in order if n.op == ops.GRAD and n.srcs[0] is root
+             and (n.srcs[2] if len(n.srcs) > 2 else None) is seed]
+    grads = gradients(root, [n.srcs[1] for n in group], seed)
+    with phase("backward"):
+        for n, gr in zip(group, grads):
+            done[id(n)] = gr if gr is not None else B.full_like(n.srcs[1], 0)
+
+
 def gradients(root: Node, wrt: list[Node], seed: Node | None = None) -> list[Node | None]:
     """d root / d wrt[i] as new IR nodes (None where root does not depend on wrt[i]).
 
@@ -89,6 +128,9 @@ def gradients(root: Node, wrt: list[Node], seed: Node | None = None) -> list[Nod
         seed = B.full_like(root, 1)
     elif seed.shape != root.shape:
         raise ValueError(f"gradients: seed gradient shape {seed.shape} differs from root shape {root.shape}")
+    (root,) = expand_grads([root], full=True)  # grad of grad: differentiate the inner gradient's graph
+    if seed is not None:
+        (seed,) = expand_grads([seed])
     order = toposort([root])
     # Only nodes on a path from some wrt to root need a gradient.
     targets = {id(w) for w in wrt}

@@ -140,6 +140,17 @@ def matmul(a: Node, b: Node) -> Node:
     return make(ops.MATMUL, (a, b), a.dtype, matmul_shape("matmul", a.shape, b.shape))
 
 
+def grad(root: Node, wrt: Node, seed: Node | None = None) -> Node:
+    """A placeholder for d root / d wrt, expanded by ir.autodiff.expand_grads."""
+    if root.dtype.kind != "f" or wrt.dtype.kind != "f":
+        raise TypeError(f"grad: only float tensors are differentiable, got {_fmt(root)} w.r.t. {_fmt(wrt)}")
+    if seed is None and root.shape != ():
+        raise ValueError(f"grad: root must be a scalar, got shape {root.shape}; pass a seed gradient")
+    if seed is not None and (seed.shape != root.shape or seed.dtype != root.dtype):
+        raise ValueError(f"grad: seed gradient {_fmt(seed)} does not match root {_fmt(root)}")
+    return make(ops.GRAD, (root, wrt) if seed is None else (root, wrt, seed), wrt.dtype, wrt.shape)
+
+
 # Small algebra used by autodiff and the front end.
 def add(a: Node, b: Node) -> Node:
     return binary("add", a, b)

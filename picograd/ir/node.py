@@ -58,6 +58,7 @@ class Node:
 
 
 _table: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_refs = _table.data  # the raw key -> weak reference dict: one lookup on the hot path instead of three
 _phase = ["forward"]
 
 
@@ -77,9 +78,11 @@ class phase:
 def make(op: str, srcs: tuple[Node, ...], dtype: np.dtype, shape: tuple[int, ...], arg: Any = None) -> Node:
     """Return the unique node for this structure (no checks: use ir.build for checked construction)."""
     key = (op, srcs, dtype, shape, arg)
-    n = _table.get(key)
-    if n is not None:
-        return n
+    r = _refs.get(key)
+    if r is not None:
+        n = r()
+        if n is not None:
+            return n
     n = Node.__new__(Node)
     n.op, n.srcs, n.dtype, n.shape, n.arg = op, srcs, dtype, shape, arg
     # Constants and iotas have no device of their own (None): they take that of what they meet.
@@ -98,28 +101,42 @@ def buffer_node(buf: Buffer) -> Node:
 def toposort(roots: Iterable[Node], stop_at_realized: bool = False) -> list[Node]:
     """Iterative post-order DFS (deep graphs would overflow Python's recursion limit).
 
-    With stop_at_realized, nodes that already hold a buffer are leaves: their sources are not visited."""
+    With stop_at_realized, nodes that already hold a buffer are leaves: their sources are not visited,
+    except below the root of an unexpanded grad node, whose whole graph is needed to differentiate it;
+    those nodes come after the rest, which keeps the order topological for every computed node."""
     order: list[Node] = []
-    seen: set[int] = set()
+    seen: set[Node] = set()
+    _dfs(roots, stop_at_realized, order, seen)
+    if stop_at_realized:
+        grad_roots = [n.srcs[0] for n in order if n.op == ops.GRAD and n.buffer is None]
+        if grad_roots:
+            for n in toposort(grad_roots):
+                if n not in seen:
+                    seen.add(n)
+                    order.append(n)
+    return order
+
+
+def _dfs(roots: Iterable[Node], stop: bool, order: list[Node], seen: set[Node]) -> None:
+    opened: set[Node] = set()
     for root in roots:
-        if id(root) in seen:
-            continue
-        stack = [(root, False)]
+        stack = [root]
         while stack:
-            n, done = stack.pop()
-            if done:
+            n = stack.pop()
+            if n in seen:
+                continue
+            if n in opened:  # second visit: every source is done
+                seen.add(n)
                 order.append(n)
                 continue
-            if id(n) in seen:
+            opened.add(n)
+            stack.append(n)
+            if stop and n.buffer is not None:
                 continue
-            seen.add(id(n))
-            stack.append((n, True))
-            if stop_at_realized and n.buffer is not None:
-                continue
-            for s in reversed(n.srcs):
-                if id(s) not in seen:
-                    stack.append((s, False))
-    return order
+            srcs = n.srcs
+            for k in range(len(srcs) - 1, -1, -1):
+                if srcs[k] not in seen:
+                    stack.append(srcs[k])
 
 
 def structural_key(roots: list[Node]) -> tuple[tuple, list[Node]]:

@@ -16,10 +16,14 @@ TERNARY = ("where",)  # srcs: (cond: bool, a, b)
 REDUCE = ("reduce_sum", "reduce_max")  # arg: sorted axes; keeps reduced axes as size 1
 MOVEMENT = ("reshape", "permute", "expand", "slice", "pad")
 MATMUL = "matmul"  # (M,K)@(K,N) or batched (B,M,K)@(B,K,N)
+# d root / d wrt, not yet expanded: srcs (root, wrt) or (root, wrt, seed). realize() expands it into the VJP
+# graph (ir.autodiff.expand_grads) only when it must compile, so a cached training step never builds its
+# backward graph in Python.
+GRAD = "grad"
 
 LEAVES = (BUFFER, CONST, IOTA, RAND)
 ELEMENTWISE = UNARY + BINARY + TERNARY
-ALL = LEAVES + ELEMENTWISE + REDUCE + MOVEMENT + (MATMUL,)
+ALL = LEAVES + ELEMENTWISE + REDUCE + MOVEMENT + (MATMUL, GRAD)
 
 # Exact spec of RAND, shared by the numpy interpreter and every code generator so lazy == eager
 # even with dropout: a 32-bit "lowbias32" hash of (flat index + seed * golden ratio).
