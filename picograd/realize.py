@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from . import eager
+from .ir.autodiff import expand_grads
 from .ir.node import Buffer, Node
 
 Backend = Callable[[list[Node]], list[np.ndarray]]
@@ -34,6 +35,7 @@ def realize_nodes(nodes: list[Node]) -> None:
     name = backend_name()
     if name not in _backends:
         raise ValueError(f"realize: unknown backend {name!r} (known: {sorted(_backends)})")
-    outs = _backends[name](todo)
+    # Backends never see grad placeholders: autodiff (IR -> IR) runs here, before scheduling.
+    outs = _backends[name](expand_grads(todo))
     for n, out in zip(todo, outs):
         n.buffer = Buffer(out, n.device or "cpu")
