@@ -131,8 +131,12 @@ def evaluate(roots: list[Node]) -> list[np.ndarray]:
     return [vals[id(r)] for r in roots]
 
 
-def realize_now(n: Node) -> None:
-    """Eager mode: give a freshly built node its value at once (its sources are realized already)."""
-    if n.buffer is None:
+def realize_now(n: Node, force: bool = False) -> None:
+    """Eager mode: give a freshly built node its value at once (its sources are realized already).
+
+    Nodes computed from constants alone stay unrealized unless forced: they are hash-consed, so the same
+    node sits in every later lazy graph using that constant, where a buffer would turn it into a program
+    input (another cache key, a host array on another device)."""
+    if n.buffer is None and (force or any(m.buffer is not None for m in toposort([n], stop_at_realized=True))):
         (val,) = evaluate([n])
         n.buffer = Buffer(np.require(val, requirements='C'), n.device or "cpu")

@@ -19,9 +19,35 @@ from .tensor_ops import TensorOps
 FLOAT32 = np.dtype(np.float32)
 _state = {"eager": os.environ.get("PICOGRAD_EAGER", "0") not in ("", "0"), "seed": 0, "counter": 0}
 _rng = [np.random.default_rng(0)]
+
+
+class _OrderedWeakSet:
+    """A WeakSet that iterates in insertion order. The pending tensors become the program's roots in
+    this order, and the roots' order is part of the program's cache key: a plain WeakSet's arbitrary
+    order made every training step a different key (a recompile per step on a compiling backend)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref] = {}
+
+    def add(self, t: Any) -> None:
+        r = self._refs.get(id(t))
+        if r is None or r() is not t:  # new, or a dead tensor's id reused: append at the end
+            self._refs.pop(id(t), None)
+            self._refs[id(t)] = weakref.ref(t)
+
+    def __iter__(self) -> Any:
+        return iter([t for r in list(self._refs.values()) if (t := r()) is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def clear(self) -> None:
+        self._refs.clear()
+
+
 # Tensors to realize with the next realize(): assigned parameters and the gradients of tracked
 # leaves. Weak, so a zero_grad() or a dropped tensor simply falls out.
-_pending: weakref.WeakSet = weakref.WeakSet()
+_pending = _OrderedWeakSet()
 # Moves data between devices; picograd.cuda registers "cuda".
 to_device: dict[str, Callable[[np.ndarray], Any]] = {"cpu": lambda a: a}
 
@@ -80,7 +106,10 @@ class Tensor(TensorOps):
         # realized with the training step; False: never differentiated.
         self._rg = requires_grad
         self.grad: Tensor | None = None
-        if node.op == "buffer" and requires_grad is not False:
+        owner = node.buffer.leaf() if node.op == "buffer" and node.buffer.leaf is not None else None
+        # An op that returns its input's node (x.reshape(x.shape), x[:], sum over no axis) must not take the
+        # leaf away from x: backward() would then give the gradient to the view instead of to x.
+        if node.op == "buffer" and requires_grad is not False and owner is None:
             node.buffer.leaf = weakref.ref(self)
         if _state["eager"]:
             _eager.realize_now(node)
@@ -178,7 +207,7 @@ class Tensor(TensorOps):
         self.node = B.unary("detach", v.node) if v.node.op != "buffer" else v.node
         _pending.add(self)
         if _state["eager"]:
-            _eager.realize_now(self.node)
+            _eager.realize_now(self.node, force=True)
             _cut_history(self)
         return self
 
@@ -214,6 +243,12 @@ class Tensor(TensorOps):
 
     def contiguous(self) -> Tensor:
         return self
+
+    def dump(self, **kw: Any) -> str:
+        """The lazy graph behind this tensor as text (see picograd.debug.dump)."""
+        from .debug import dump
+
+        return dump(self, **kw)
 
 
 def _cut_history(t: Tensor) -> None:
@@ -258,7 +293,9 @@ def _as_node(x: Any, like: Tensor) -> Tensor:
         elif isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and dt.kind == "b":
             dt = np.dtype(np.int64)
         return Tensor(B.const(x, dt))
-    return Tensor(np.asarray(x), dtype=like.dtype if np.asarray(x).dtype.kind == "f" else None)
+    arr = np.asarray(x)
+    # Float data meeting a float tensor takes its width; meeting an integer tensor it stays float (float32).
+    return Tensor(arr, dtype=like.dtype if arr.dtype.kind == "f" and like.dtype.kind == "f" else None)
 
 
 # ---- constructors -------------------------------------------------------------------------------

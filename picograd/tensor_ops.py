@@ -55,11 +55,12 @@ class TensorOps:
         raise NotImplementedError
 
     # ---- elementwise ------------------------------------------------------------------------------
-    def _binary(self, op: str, other: Any, reverse: bool = False) -> Any:
+    def _binary(self, op: str, other: Any, reverse: bool = False, name: str | None = None) -> Any:
+        """name: the user-facing op that errors report (a - b is built as a + (-b), a > b as b < a)."""
         o = self._lift(other)
         a, b = (o.node, self.node) if reverse else (self.node, o.node)
-        a, b = _promote(op, a, b)
-        shape = broadcast_shapes(op, a.shape, b.shape)
+        a, b = _promote(name or op, a, b)
+        shape = broadcast_shapes(name or op, a.shape, b.shape)
         return self._make(B.binary(op, _broadcast_to(a, shape), _broadcast_to(b, shape)))
 
     def _unary(self, op: str) -> Any:
@@ -84,16 +85,16 @@ class TensorOps:
         return self._unary("neg")
 
     def __sub__(self, o: Any) -> Any:
-        return self + (-self._lift(o))
+        return self._binary("add", -self._lift(o), name="sub")
 
     def __rsub__(self, o: Any) -> Any:
-        return self._lift(o) + (-self)
+        return (-self)._binary("add", o, True, name="sub")
 
     def __truediv__(self, o: Any) -> Any:
         o = self._lift(o)
         if self.node.dtype.kind != "f" and o.node.dtype.kind != "f":
             return self.float() / o.float()
-        return self * o.reciprocal()
+        return self._binary("mul", o.reciprocal(), name="div")
 
     def __rtruediv__(self, o: Any) -> Any:
         return self._lift(o) / self
@@ -159,10 +160,10 @@ class TensorOps:
         return self._make(B.where(*(_broadcast_to(n, shape) for n in (c.node, an, bn))))
 
     def maximum(self, o: Any) -> Any:
-        return self._binary("max", o)
+        return self._binary("max", o, name="maximum")
 
     def minimum(self, o: Any) -> Any:
-        return -((-self)._binary("max", -self._lift(o)))
+        return -((-self)._binary("max", -self._lift(o), name="minimum"))
 
     def clip(self, lo: Any = None, hi: Any = None) -> Any:
         out = self
@@ -176,28 +177,35 @@ class TensorOps:
 
     # ---- comparisons (bool results, no gradient) --------------------------------------------------
     def __lt__(self, o: Any) -> Any:
-        return self._binary("cmplt", o)
+        return self._binary("cmplt", o, name="lt")
 
     def __le__(self, o: Any) -> Any:
-        return self._binary("cmple", o)
+        return self._binary("cmple", o, name="le")
 
     def __gt__(self, o: Any) -> Any:
-        return self._binary("cmplt", o, True)
+        return self._binary("cmplt", o, True, name="gt")
 
     def __ge__(self, o: Any) -> Any:
-        return self._binary("cmple", o, True)
+        return self._binary("cmple", o, True, name="ge")
 
     def __eq__(self, o: Any) -> Any:  # type: ignore[override]
-        return self._binary("cmpeq", o)
+        return self._binary("cmpeq", o, name="eq")
 
     def __ne__(self, o: Any) -> Any:  # type: ignore[override]
-        return self._binary("cmpne", o)
+        return self._binary("cmpne", o, name="ne")
 
     # ---- reductions -------------------------------------------------------------------------------
     def _axes(self, op: str, axis: Any, dim: Any) -> tuple[int, ...]:
         if axis is not None and dim is not None:
             raise TypeError(f"{op}: pass axis= or dim=, not both")
         return normalize_axes(op, axis if dim is None else dim, len(self.node.shape))
+
+    def _one_axis(self, op: str, axis: Any, dim: Any) -> int:
+        """The single axis of softmax-like ops: axis= or dim=, the last axis when neither is given."""
+        axes = self._axes(op, -1 if axis is None and dim is None else axis, dim)
+        if len(axes) != 1:
+            raise ValueError(f"{op}: expected one axis, got {axis if dim is None else dim} for shape {self.node.shape}")
+        return axes[0]
 
     def _reduce(self, op: str, axes: tuple[int, ...], keepdims: bool) -> Any:
         x = self.node
@@ -220,24 +228,24 @@ class TensorOps:
         return self._reduce("reduce_max", self._axes("max", axis, dim), keepdims)
 
     def min(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
-        return -((-self).max(axis, keepdims, dim))
+        return -((-self).max(self._axes("min", axis, dim), keepdims))
 
-    def argmax(self, axis: int = -1, dim: Any = None) -> Any:
+    def argmax(self, axis: int | None = None, dim: int | None = None) -> Any:
         """Index of the first maximum along one axis (int64, no gradient)."""
-        (ax,) = self._axes("argmax", axis, dim)
+        ax = self._one_axis("argmax", axis, dim)
         x = self.detach()
         n = x.node.shape[ax]
         idx = self._make(B.iota(x.node.shape, ax, np.dtype(np.int64)))
         hit = x == x.max(ax, keepdims=True)
         return hit._where(hit, idx, n).min(ax)
 
-    def softmax(self, axis: int = -1, dim: Any = None) -> Any:
-        (ax,) = self._axes("softmax", axis, dim)
+    def softmax(self, axis: int | None = None, dim: int | None = None) -> Any:
+        ax = self._one_axis("softmax", axis, dim)
         e = (self - self.detach().max(ax, keepdims=True)).exp()
         return e / e.sum(ax, keepdims=True)
 
-    def log_softmax(self, axis: int = -1, dim: Any = None) -> Any:
-        (ax,) = self._axes("log_softmax", axis, dim)
+    def log_softmax(self, axis: int | None = None, dim: int | None = None) -> Any:
+        ax = self._one_axis("log_softmax", axis, dim)
         z = self - self.detach().max(ax, keepdims=True)
         return z - z.exp().sum(ax, keepdims=True).log()
 
@@ -264,9 +272,12 @@ class TensorOps:
     def expand(self, *shape: Any) -> Any:
         shape = _shape_args(shape)
         x = self.node
-        full = tuple(x.shape[i - (len(shape) - len(x.shape))] if s == -1 else s for i, s in enumerate(shape))
-        if len(full) < len(x.shape):
+        new = len(shape) - len(x.shape)
+        if new < 0:
             raise ValueError(f"expand: cannot expand shape {x.shape} to fewer dimensions {shape}")
+        if -1 in shape[:new]:
+            raise ValueError(f"expand: -1 is not allowed for the new leading dimensions in {shape} (from {x.shape})")
+        full = tuple(x.shape[i - new] if s == -1 else s for i, s in enumerate(shape))
         return self._make(_broadcast_to(x, full))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Any:
@@ -274,10 +285,14 @@ class TensorOps:
         if not s:
             return self.reshape(1)
         a, b = normalize_axes("flatten", start_dim, len(s))[0], normalize_axes("flatten", end_dim, len(s))[0]
+        if a > b:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {s}")
         return self.reshape(s[:a] + (prod(s[a : b + 1]),) + s[b + 1 :])
 
     def unsqueeze(self, axis: int) -> Any:
         s = list(self.node.shape)
+        if not -len(s) - 1 <= axis <= len(s):
+            raise ValueError(f"unsqueeze: axis {axis} is out of range for a tensor with {len(s)} dimension(s)")
         axis = axis % (len(s) + 1)
         return self.reshape(s[:axis] + [1] + s[axis:])
 
@@ -302,7 +317,8 @@ class TensorOps:
         if Ellipsis in idx:
             k = idx.index(Ellipsis)
             idx = idx[:k] + (slice(None),) * (len(shape) - n_real) + idx[k + 1 :]
-        idx = idx + (slice(None),) * (len(shape) - n_real)
+        else:
+            idx = idx + (slice(None),) * (len(shape) - n_real)
         slices, out_shape, axis = [], [], 0
         for i in idx:
             if i is None:

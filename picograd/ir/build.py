@@ -58,6 +58,8 @@ def rand(seed: Node, shape: tuple[int, ...], dtype: np.dtype) -> Node:
 def unary(op: str, x: Node) -> Node:
     if op not in ("neg", "detach"):
         _float(op, x)
+    if op == "neg" and x.dtype.kind == "b":  # numpy refuses it too, but only when it runs
+        raise TypeError(f"neg: cannot negate a bool tensor ({_fmt(x)}); cast it to a number first")
     return make(op, (x,), x.dtype, x.shape)
 
 
@@ -117,7 +119,9 @@ def expand(x: Node, shape: Sequence[int]) -> Node:
 
 
 def slice_(x: Node, slices: Sequence[tuple[int, int, int]]) -> Node:
-    slices = tuple(tuple(s) for s in slices)
+    # An empty range is canonically (0, 0, 1): slice.indices can give e.g. (-1, -1, -1), whose -1 start
+    # a numpy slice or a generated loop would read as "the last element".
+    slices = tuple((0, 0, 1) if len(range(*s)) == 0 else tuple(s) for s in slices)
     shape = slice_shape("slice", x.shape, slices)
     if all(s == (0, n, 1) for s, n in zip(slices, x.shape)):
         return x

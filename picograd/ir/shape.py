@@ -19,16 +19,20 @@ def broadcast_shapes(op: str, a: tuple[int, ...], b: tuple[int, ...]) -> tuple[i
 def normalize_axes(op: str, axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)
     out = []
     for a in axes:
-        if not isinstance(a, int) or not -ndim <= a < max(ndim, 1):
+        if isinstance(a, bool) or not hasattr(a, "__index__"):
+            raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
+        a = int(a)
+        if not -ndim <= a < max(ndim, 1):
             raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimension(s)")
         a = a % ndim if ndim else 0
         if a in out:
             raise ValueError(f"{op}: axis {a} repeated in {axis}")
         out.append(a)
-    return tuple(sorted(out))
+    # A 0-d tensor accepts axis 0 (as numpy does) but has no axis to reduce.
+    return tuple(sorted(out)) if ndim else ()
 
 
 def prod(shape: Sequence[int]) -> int:
