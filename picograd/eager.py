@@ -3,7 +3,7 @@ backend runs it over a whole graph, and the tests use it as the oracle for compi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

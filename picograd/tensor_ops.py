@@ -5,7 +5,8 @@ equal shape and dtype."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -348,7 +349,9 @@ class TensorOps:
         a2 = B.reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
         b2 = B.reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
         if a2.shape[-1] != b2.shape[-2]:
-            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned ({a2.shape[-1]} != {b2.shape[-2]})")
+            raise ValueError(
+                f"matmul: shapes {a.shape} and {b.shape} are not aligned ({a2.shape[-1]} != {b2.shape[-2]})"
+            )
         batch = broadcast_shapes("matmul", a2.shape[:-2], b2.shape[:-2])
         m, k, n = a2.shape[-2], a2.shape[-1], b2.shape[-1]
         if batch:

@@ -4,7 +4,7 @@ gradient graph can itself be differentiated (grad of grad)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from . import build as B
 from . import ops

@@ -5,7 +5,8 @@ ill-typed can reach the interpreter or a code generator."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -8,7 +8,8 @@ weak table, so a graph disappears when no Tensor refers to it any more.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
