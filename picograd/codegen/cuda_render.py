@@ -1,0 +1,439 @@
+"""Kernel templates for numba.cuda: grid-stride elementwise loops, reductions (a thread per output, a
+shared-memory tree per output, or two passes over a split axis) and shared-memory tiled matmul with a
+fused epilogue. Launch configurations are chosen here from the (static) shapes.
+
+Each template returns `Rendered` kernels: Python source of one `def` whose parameters are flat buffers
+(pointers on a GPU, 1-D arrays on the simulator), the parameter list as slot names, and the launch
+configuration. Scalar code comes from cuda_expr.Emitter."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir.node import Node
+from .cuda_expr import Emitter, lit, lowest, np_name
+
+
+@dataclass
+class Target:
+    """What the templates need to know about the device."""
+
+    sim: bool
+    sm_count: int = 132
+
+    @property
+    def block(self) -> int:  # threads per block of elementwise and per-output reductions
+        return 32 if self.sim else 256
+
+    @property
+    def max_blocks(self) -> int:  # grid-stride loops cap the grid: enough blocks to fill every SM
+        return 4 if self.sim else self.sm_count * 8
+
+
+@dataclass
+class Rendered:
+    name: str
+    source: str
+    params: list[str]  # buffer names in parameter order (the program maps them to slots)
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    workspace: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)  # scratch buffers
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _store(e: Emitter, name: str, flat: str, v: str, n: Node) -> None:
+    e.line(f"{name}[{flat}] = " + (f"np.uint8(1) if {v} else np.uint8(0)" if n.dtype == np.bool_ else v))
+
+
+def _source(name: str, params: list[str], e: Emitter, prologue: list[str] | None = None) -> str:
+    head = [f"def {name}({', '.join(params)}):"] + ["    " + p for p in (prologue or [])]
+    return "\n".join(head + e.lines) + "\n"
+
+
+# ---- elementwise ----------------------------------------------------------------------------------
+def render_elementwise(name: str, outputs: list[tuple[Node, str]], params: dict[int, str], target: Target
+                       ) -> Rendered:
+    """One grid-stride loop over the outputs' common size; each output is stored at its own flat index."""
+    shape = outputs[0][0].shape
+    size = _size(shape)
+    if any(_size(o.shape) != size for o, _ in outputs):
+        shapes = [o.shape for o, _ in outputs]
+        raise NotImplementedError(f"cuda {name}: elementwise outputs of different sizes {shapes}")
+    e = Emitter(params, target.sim)
+    e.line("i = cuda.grid(1)")
+    e.line("step = cuda.gridsize(1)")
+    e.line(f"while i < {size}:")
+    e.push()
+    for o, out in outputs:
+        idx = e.decompose("i", o.shape)
+        _store(e, out, "i", e.val(o, idx), o)
+    e.line("i += step")
+    e.pop()
+    blocks = max(1, min(_cdiv(size, target.block), target.max_blocks))
+    names = _param_list(params, outputs)
+    return Rendered(name, _source(name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
+
+
+def _param_list(params: dict[int, str], outputs: list[tuple[Node, str]]) -> list[str]:
+    seen = [o for _, o in outputs]
+    return seen + [p for p in dict.fromkeys(params.values()) if p not in seen]
+
+
+# ---- reductions -----------------------------------------------------------------------------------
+def _combine(op: str, dtype: np.dtype, acc: str, x: str) -> str:
+    if op == "reduce_sum":
+        return f"({acc} or {x})" if dtype == np.bool_ else f"({acc} + {x})"
+    return f"({x} if ({x} > {acc} or {x} != {x}) else {acc})"  # NaN-propagating max
+
+
+def _init(op: str, dtype: np.dtype) -> str:
+    return lit(0, dtype) if op == "reduce_sum" else lowest(dtype)
+
+
+def reduce_mode(n_out: int, r: int, target: Target) -> str:
+    """thread: a thread loops over a whole reduced row (short rows, or outputs enough to fill the GPU);
+    tree: a block per output and a shared-memory tree; split: two passes, for few long rows."""
+    forced = os.environ.get("PICOGRAD_CUDA_REDUCE")
+    if forced in ("thread", "tree", "split"):
+        return forced
+    if r <= 64 or n_out >= 32 * target.block * (2 if target.sim else target.sm_count):
+        return "thread"
+    if n_out < (2 if target.sim else target.sm_count) and r >= (256 if target.sim else 65536):
+        return "split"
+    return "tree"
+
+
+def render_reduce(name: str, stores: list[tuple[Node, str]], reduces: list[tuple[Node, str]],
+                  post: list[tuple[Node, str]], params: dict[int, str], target: Target) -> list[Rendered]:
+    """The schedule's reduce loop nest: over the domain (the reductions' common source shape), store
+    `stores` and accumulate `reduces` (all over the same axes); then, per output position, store the
+    reductions and run the `post` epilogue. Every domain position is visited exactly once, so the
+    stores ride along in the accumulation loop."""
+    nodes = [n for n, _ in reduces]
+    src_shape, axes = nodes[0].srcs[0].shape, nodes[0].arg
+    if any(r.srcs[0].shape != src_shape or r.arg != axes for r in nodes):
+        raise NotImplementedError(f"cuda {name}: reductions of different shapes/axes in one kernel")
+    out_shape = nodes[0].shape
+    red_shape = tuple(src_shape[a] for a in axes)
+    n_out, r = _size(out_shape), _size(red_shape)
+    mode = reduce_mode(n_out, r, target)
+    job = _ReduceJob(name, stores, reduces, post, params, target, src_shape, out_shape, red_shape, axes)
+    if mode == "thread":
+        return [_reduce_thread(job)]
+    return _reduce_blocks(job, mode)
+
+
+@dataclass
+class _ReduceJob:
+    name: str
+    stores: list[tuple[Node, str]]
+    reduces: list[tuple[Node, str]]
+    post: list[tuple[Node, str]]
+    params: dict[int, str]
+    target: Target
+    domain: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    red_shape: tuple[int, ...]
+    axes: tuple[int, ...]
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [n for n, _ in self.reduces]
+
+    def names(self) -> list[str]:
+        return _param_list(self.params, self.stores + self.reduces + self.post)
+
+
+def _full_index(oidx: tuple[str, ...], ridx: tuple[str, ...], axes: tuple[int, ...]) -> tuple[str, ...]:
+    full, it = list(oidx), iter(ridx)
+    for a in axes:
+        full[a] = next(it)
+    return tuple(full)
+
+
+def _accumulate(e: Emitter, job: _ReduceJob, accs: list[str], oidx: tuple[str, ...], rvar: str) -> None:
+    ridx = e.decompose(rvar, job.red_shape)
+    full = _full_index(oidx, ridx, job.axes)
+    if job.stores:
+        flat = e.linear(full, job.domain)
+        for o, out in job.stores:  # the schedule lets shapes differ by size-1 axes: same flat position
+            _store(e, out, flat, e.val(o, full if o.shape == job.domain else e.decompose(flat, o.shape)), o)
+    for n, acc in zip(job.nodes, accs, strict=False):
+        x = e.val(n.srcs[0], full)
+        e.line(f"{acc} = {_combine(n.op, n.dtype, acc, x)}")
+
+
+def _epilogue(e: Emitter, job: _ReduceJob, accs: list[str], flat: str, oidx: tuple[str, ...]) -> None:
+    for (n, out), acc in zip(job.reduces, accs, strict=False):
+        e.values[id(n)] = acc
+        _store(e, out, flat, acc, n)
+    for o, out in job.post:
+        _store(e, out, flat, e.val(o, oidx if o.shape == job.out_shape else e.decompose(flat, o.shape)), o)
+    for n in job.nodes:
+        del e.values[id(n)]
+
+
+def _reduce_thread(job: _ReduceJob) -> Rendered:
+    n_out, r, target = _size(job.out_shape), _size(job.red_shape), job.target
+    e = Emitter(job.params, target.sim)
+    e.line("o = cuda.grid(1)")
+    e.line("step = cuda.gridsize(1)")
+    e.line(f"while o < {n_out}:")
+    e.push()
+    oidx = e.decompose("o", job.out_shape)
+    accs = [e.fresh("acc") for _ in job.nodes]
+    for n, acc in zip(job.nodes, accs, strict=False):
+        e.line(f"{acc} = {_init(n.op, n.dtype)}")
+    e.line(f"for r in range({r}):")
+    e.push()
+    _accumulate(e, job, accs, oidx, "r")
+    e.pop()
+    _epilogue(e, job, accs, "o", oidx)
+    e.line("o += step")
+    e.pop()
+    blocks = max(1, min(_cdiv(n_out, target.block), target.max_blocks))
+    names = job.names()
+    return Rendered(job.name, _source(job.name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
+
+
+def _tree(e: Emitter, reduces: list[Node], accs: list[str], shared: list[str], block: int) -> None:
+    """Block-wide reduction of each acc through shared memory; thread 0 ends with the results."""
+    for acc, sm in zip(accs, shared, strict=False):
+        e.line(f"{sm}[tid] = {acc}")
+    e.line("cuda.syncthreads()")
+    e.line(f"s = {block // 2}")
+    e.line("while s > 0:")
+    e.push()
+    e.line("if tid < s:")
+    e.push()
+    for n, sm in zip(reduces, shared, strict=False):
+        e.line(f"{sm}[tid] = {_combine(n.op, n.dtype, f'{sm}[tid]', f'{sm}[tid + s]')}")
+    e.pop()
+    e.line("cuda.syncthreads()")
+    e.line("s //= 2")
+    e.pop()
+
+
+def _reduce_blocks(job: _ReduceJob, mode: str) -> list[Rendered]:
+    n_out, r, target, name, nodes = _size(job.out_shape), _size(job.red_shape), job.target, job.name, job.nodes
+    block = 32 if target.sim else 256
+    while block > 32 and block // 2 >= r:
+        block //= 2
+    split = 1
+    if mode == "split":
+        split = max(2, min(_cdiv(r, block * 4), (8 if target.sim else 4 * target.sm_count) // max(n_out, 1)))
+    chunk = _cdiv(r, split)
+    prologue = [f"sm{k} = cuda.shared.array({block}, np.{np_name(n.dtype)})" for k, n in enumerate(nodes)]
+    shared = [f"sm{k}" for k in range(len(nodes))]
+    partial = [f"part{k}" for k in range(len(nodes))]
+
+    # pass 1 (or the only pass): block b reduces row b // split over its chunk
+    e = Emitter(job.params, target.sim)
+    e.line("tid = cuda.threadIdx.x")
+    e.line("b = cuda.blockIdx.x")
+    e.line(f"while b < {n_out * split}:")
+    e.push()
+    if split > 1:
+        e.line(f"o = b // {split}")
+        e.line(f"lo = (b % {split}) * {chunk}")
+        e.line(f"hi = min(lo + {chunk}, {r})")
+    else:
+        e.line("o = b")
+        e.line("lo = 0")
+        e.line(f"hi = {r}")
+    oidx = e.decompose("o", job.out_shape)
+    accs = [e.fresh("acc") for _ in nodes]
+    for n, acc in zip(nodes, accs, strict=False):
+        e.line(f"{acc} = {_init(n.op, n.dtype)}")
+    e.line("r = lo + tid")
+    e.line("while r < hi:")
+    e.push()
+    _accumulate(e, job, accs, oidx, "r")
+    e.line(f"r += {block}")
+    e.pop()
+    _tree(e, nodes, accs, shared, block)
+    e.line("if tid == 0:")
+    e.push()
+    if split > 1:
+        for sm, part in zip(shared, partial, strict=False):
+            e.line(f"{part}[b] = {sm}[0]")
+    else:
+        for acc, sm in zip(accs, shared, strict=False):
+            e.line(f"{acc} = {sm}[0]")
+        _epilogue(e, job, accs, "o", oidx)
+    e.pop()
+    e.line("cuda.syncthreads()")  # the shared arrays are reused by the next row
+    e.line("b += cuda.gridDim.x")
+    e.pop()
+    grid = (max(1, min(n_out * split, 65535)), 1, 1)
+    if split == 1:
+        names = job.names()
+        return [Rendered(name, _source(name, names, e, prologue), names, grid, (block, 1, 1))]
+    work = {p: ((n_out * split,), n.dtype) for p, n in zip(partial, nodes, strict=False)}
+    names1 = _param_list(job.params, job.stores) + partial
+    first = Rendered(name + "_p1", _source(name + "_p1", names1, e, prologue), names1, grid, (block, 1, 1), work)
+
+    # pass 2: a thread per output combines its `split` partials, then runs the epilogue
+    e2 = Emitter(job.params, target.sim)
+    e2.line("o = cuda.grid(1)")
+    e2.line("step = cuda.gridsize(1)")
+    e2.line(f"while o < {n_out}:")
+    e2.push()
+    oidx2 = e2.decompose("o", job.out_shape)
+    accs2 = [e2.fresh("acc") for _ in nodes]
+    for n, acc in zip(nodes, accs2, strict=False):
+        e2.line(f"{acc} = {_init(n.op, n.dtype)}")
+    e2.line(f"for r in range({split}):")
+    e2.push()
+    for n, acc, part in zip(nodes, accs2, partial, strict=False):
+        e2.line(f"{acc} = {_combine(n.op, n.dtype, acc, f'{part}[o * {split} + r]')}")
+    e2.pop()
+    _epilogue(e2, job, accs2, "o", oidx2)
+    e2.line("o += step")
+    e2.pop()
+    names2 = _param_list(job.params, job.reduces + job.post) + partial
+    blocks = max(1, min(_cdiv(n_out, target.block), target.max_blocks))
+    second = Rendered(name + "_p2", _source(name + "_p2", names2, e2), names2, (blocks, 1, 1),
+                      (target.block, 1, 1), work)
+    return [first, second]
+
+
+# ---- matmul ---------------------------------------------------------------------------------------
+# (TM, TN, TK, RM, RN): a block computes a TM x TN tile, each thread an RM x RN register tile.
+_MM_CONFIGS = ((64, 64, 16, 4, 4), (32, 64, 16, 2, 4), (32, 32, 16, 2, 2), (16, 32, 16, 1, 2))
+_MM_SIM = (8, 8, 4, 2, 2)
+
+
+def matmul_config(m: int, n: int, batch: int, target: Target) -> tuple[int, int, int, int, int]:
+    """The biggest tile that still gives every SM a block; small problems fall to the smallest tile."""
+    if target.sim:
+        return _MM_SIM
+    for cfg in _MM_CONFIGS:
+        if _cdiv(m, cfg[0]) * _cdiv(n, cfg[1]) * batch >= target.sm_count:
+            return cfg
+    return _MM_CONFIGS[-1]
+
+
+def _last_contiguous(x: Node) -> bool:
+    """Whether consecutive positions along a matmul operand's last axis are (probably) adjacent in memory;
+    picks which way the tile loads walk so a warp's reads coalesce. A guess from the movement chain;
+    correctness never depends on it."""
+    flips = 0
+    while x.op in ("permute", "expand", "reshape", "detach", "cast", "neg"):
+        if x.op == "permute" and x.arg[-1] != len(x.arg) - 1:
+            flips += 1
+        x = x.srcs[0]
+    return flips % 2 == 0
+
+
+def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params: dict[int, str], target: Target
+                  ) -> Rendered:
+    """top: the schedule's k.matmul, a matmul or the swap of its last two axes (then each register is stored
+    transposed: one kernel instead of a matmul and a copy)."""
+    mm = top.srcs[0] if top.op == "permute" else top
+    transposed = mm is not top
+    a, b = mm.srcs
+    batched = len(mm.shape) == 3
+    nb = mm.shape[0] if batched else 1
+    m, n = mm.shape[-2:]
+    k = a.shape[-1]
+    tm, tn, tk, rm, rn = matmul_config(m, n, nb, target)
+    ntx, nty = tn // rn, tm // rm
+    threads = ntx * nty
+    e = Emitter(params, target.sim)
+    e.line("tx = cuda.threadIdx.x")
+    e.line("ty = cuda.threadIdx.y")
+    e.line(f"t = ty * {ntx} + tx")
+    e.line(f"bi = cuda.blockIdx.y * {tm}")
+    e.line(f"bj = cuda.blockIdx.x * {tn}")
+    e.line("bz = cuda.blockIdx.z")
+    acc = [[f"c{i}_{j}" for j in range(rn)] for i in range(rm)]
+    for row in acc:
+        for c in row:
+            e.line(f"{c} = {lit(0, mm.dtype)}")
+    e.line(f"for k0 in range(0, {k}, {tk}):")
+    e.push()
+
+    def tile(x: Node, rows: int, cols: int, smem: str, a_side: bool) -> None:
+        # Element ee of the tile: walk along the operand's last axis (k of A, n of B) first when it is
+        # contiguous in memory, else along the other one.
+        contiguous = _last_contiguous(x)
+        for l_ in range(_cdiv(rows * cols, threads)):
+            ee = f"(t + {l_ * threads})"
+            inner, outer = (cols, rows) if contiguous else (rows, cols)
+            if a_side:  # As[kk, ii] <- A[bi + ii, k0 + kk]
+                ii, kk = (f"{ee} // {inner}", f"{ee} % {inner}") if contiguous else (f"{ee} % {inner}",
+                                                                                      f"{ee} // {inner}")
+                gi, gk = e.tmp(f"bi + {ii}", "g"), e.tmp(f"k0 + {kk}", "g")
+                cond, idx, dst = f"{gi} < {m} and {gk} < {k}", (gi, gk), f"{smem}[{kk}, {ii}]"
+            else:  # Bs[kk, jj] <- B[k0 + kk, bj + jj]
+                kk, jj = (f"{ee} // {inner}", f"{ee} % {inner}") if contiguous else (f"{ee} % {inner}",
+                                                                                      f"{ee} // {inner}")
+                gk, gj = e.tmp(f"k0 + {kk}", "g"), e.tmp(f"bj + {jj}", "g")
+                cond, idx, dst = f"{gk} < {k} and {gj} < {n}", (gk, gj), f"{smem}[{kk}, {jj}]"
+            if rows * cols % threads:
+                cond = f"{ee} < {rows * cols} and " + cond
+            full = ("bz",) + idx if batched else idx
+            e.line(f"if {cond}:")
+            e.push()
+            e.line(f"{dst} = {e.val(x, full)}")
+            e.pop()
+            if rows * cols % threads:
+                e.line(f"elif {ee} < {rows * cols}:")
+            else:
+                e.line("else:")
+            e.push()
+            e.line(f"{dst} = {lit(0, mm.dtype)}")
+            e.pop()
+
+    tile(a, tm, tk, "As", True)
+    tile(b, tk, tn, "Bs", False)
+    e.line("cuda.syncthreads()")
+    e.line(f"for kk in range({tk}):")
+    e.push()
+    for i in range(rm):
+        e.line(f"ra{i} = As[kk, ty + {i * nty}]")
+    for j in range(rn):
+        e.line(f"rb{j} = Bs[kk, tx + {j * ntx}]")
+    for i in range(rm):
+        for j in range(rn):
+            e.line(f"{acc[i][j]} += ra{i} * rb{j}")
+    e.pop()
+    e.line("cuda.syncthreads()")
+    e.pop()
+    # epilogue: each register of the tile, in bounds, through the fused elementwise ops to memory
+    for i in range(rm):
+        for j in range(rn):
+            e.line(f"gi = bi + ty + {i * nty}")
+            e.line(f"gj = bj + tx + {j * ntx}")
+            e.line(f"if gi < {m} and gj < {n}:")
+            e.push()
+            ii, jj, cols = ("gj", "gi", m) if transposed else ("gi", "gj", n)
+            flat = e.tmp(f"bz * {m * n} + {ii} * {cols} + {jj}" if batched else f"{ii} * {cols} + {jj}", "f")
+            idx = ("bz", ii, jj) if batched else (ii, jj)
+            e.set_flat(idx, top.shape, flat)
+            e.values[id(mm)] = e.values[id(top)] = acc[i][j]
+            for o, out in outputs:
+                oidx = idx if o.shape == top.shape else e.decompose(flat, o.shape)
+                _store(e, out, flat, e.val(o, oidx), o)
+            e.values.pop(id(mm), None)
+            e.values.pop(id(top), None)
+            e.pop()
+    t = np_name(mm.dtype)
+    prologue = [f"As = cuda.shared.array(({tk}, {tm}), np.{t})", f"Bs = cuda.shared.array(({tk}, {tn}), np.{t})"]
+    names = _param_list(params, outputs)
+    grid = (_cdiv(n, tn), _cdiv(m, tm), nb)
+    return Rendered(name, _source(name, names, e, prologue), names, grid, (ntx, nty, 1))

@@ -1,0 +1,138 @@
+"""The "cuda" device: `Tensor(..., device="cuda")`, `.to("cuda")`, `picograd.cuda.is_available()`.
+
+Importing this module is cheap (numba is not imported): it registers the host->device transfer in
+`picograd.tensor.to_device` and the "cuda" backend in `picograd.realize`, both of which load numba-cuda
+and the driver only when first used. Realized cuda tensors hold a `CudaArray` (device memory, or a numpy
+array on the CUDA simulator); parameters, optimizer state and gradients stay on the device across
+steps, and only `.numpy()` / `.item()` copy back.
+
+Programs are compiled once per graph structure (`ir.node.structural_key`) per process, and their PTX
+is cached on disk under $PICOGRAD_CACHE_DIR/cuda (default ~/.cache/picograd/cuda)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+
+from .codegen import cuda_runtime as rt
+from .codegen.cuda_runtime import CudaArray, CudaUnavailable
+from .ir.node import Node
+from .realize import register_backend
+from .tensor import to_device
+
+__all__ = ["CudaArray", "CudaUnavailable", "is_available", "synchronize", "device_name", "stats", "clear_cache"]
+
+_programs: dict[Any, Any] = {}
+_stats = {"compiles": 0, "hits": 0, "runs": 0}
+
+
+def _numba_cuda_present() -> bool:
+    return importlib.util.find_spec("numba_cuda") is not None
+
+
+def _require() -> None:
+    """Raise CudaUnavailable with the reason device='cuda' cannot work here."""
+    if rt.simulated():
+        if importlib.util.find_spec("numba") is None:
+            raise CudaUnavailable(f"device='cuda' on the CUDA simulator needs numba; {rt.INSTALL_HINT}")
+        return
+    if not _numba_cuda_present():
+        raise CudaUnavailable(f"device='cuda' needs the numba-cuda package, which is not installed; {rt.INSTALL_HINT}")
+    rt.driver()
+
+
+def is_available() -> bool:
+    """True when device='cuda' works here: numba-cuda and a GPU with its driver (or the simulator)."""
+    try:
+        _require()
+        return True
+    except Exception:
+        return False
+
+
+def device_name() -> str:
+    _require()
+    return "CUDA simulator" if rt.simulated() else rt.driver().name
+
+
+def synchronize() -> None:
+    """Wait for every queued kernel (timing; .numpy()/.item() synchronize by themselves)."""
+    rt.synchronize()
+
+
+def stats() -> dict[str, int]:
+    """Programs compiled / found in the in-memory cache / runs, since the process started."""
+    return dict(_stats)
+
+
+def clear_cache() -> None:
+    """Forget compiled programs (the on-disk PTX cache stays)."""
+    _programs.clear()
+
+
+def _to_device(arr: np.ndarray) -> CudaArray:
+    _require()
+    return rt.to_device(arr)
+
+
+def _input(n: Node) -> Any:
+    data = n.buffer.data
+    if isinstance(data, CudaArray):
+        return data
+    if n.buffer.device == "cuda":  # e.g. a result computed on the host in eager mode
+        return rt.to_device(np.asarray(data))
+    raise ValueError(f"cuda: a {n.buffer.device} tensor {n.dtype}{list(n.shape)} is an input of a cuda program; "
+                     "move it with .to('cuda') first")
+
+
+_EXPAND = object()  # this structure must be keyed after autodiff (a realized node hides part of the graph)
+
+
+def run_nodes(todo: list[Node]) -> list[CudaArray]:
+    """The "cuda" backend: compute the nodes (one program) and return device arrays.
+
+    Like the "cpu" backend, the cache key is taken on the graph as built, grad placeholders included, so
+    a cached training step skips autodiff; the program records which of the key's inputs it reads."""
+    from .codegen.cache import graph_key
+    from .ir.autodiff import expand_grads
+
+    _require()
+    key, inputs, has_grad, opaque = graph_key(todo)
+    if has_grad and (opaque or _programs.get(key) is _EXPAND):
+        todo = expand_grads(todo)
+        key, inputs, has_grad, _ = graph_key(todo)
+    entry = _programs.get(key)
+    if entry is None:
+        entry, inputs = _build(todo, key, inputs, has_grad)
+        _stats["compiles"] += 1
+    else:
+        _stats["hits"] += 1
+    prog, slots = entry
+    _stats["runs"] += 1
+    return prog.run([_input(inputs[i]) for i in slots])
+
+
+def _build(todo: list[Node], key: Any, inputs: list[Node], has_grad: bool
+           ) -> tuple[tuple[Any, list[int]], list[Node]]:
+    from .codegen.cache import graph_key
+    from .codegen.cuda import CudaProgram
+    from .ir.autodiff import expand_grads
+    from .ir.node import toposort
+
+    roots = expand_grads(todo) if has_grad else todo
+    pos = {id(n): i for i, n in enumerate(inputs)}
+    used = [n for n in toposort(roots, stop_at_realized=True) if n.buffer is not None]
+    if any(id(n) not in pos for n in used):  # autodiff read a realized node's history: key after expansion
+        _programs[key] = _EXPAND
+        key, inputs, _, _ = graph_key(roots)
+        pos = {id(n): i for i, n in enumerate(inputs)}
+    entry = (CudaProgram(roots, used), [pos[id(n)] for n in used])
+    _programs[key] = entry
+    return entry, inputs
+
+
+run_nodes.expands_grads = True  # type: ignore[attr-defined]
+to_device["cuda"] = _to_device
+register_backend("cuda", run_nodes)

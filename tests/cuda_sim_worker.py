@@ -1,0 +1,228 @@
+"""Runs the CUDA checks in a process of its own and prints one JSON line of results.
+
+The CUDA simulator must be switched on (NUMBA_ENABLE_CUDASIM=1) before numba is first imported, which the
+main pytest process may already have done, so tests/test_cuda.py starts this file in a subprocess with the
+environment set. The same checks run on a real GPU (benchmarks/gpu_check.sh) without the variable.
+
+Checks: every op-table row on device="cuda" (forward and gradients of sum(out * w), one realize)
+against eager numpy; a two-step MLP training run (dropout, Adam) against the same run on the numpy
+backend; and that the second step reuses the compiled program."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import picograd as pg  # noqa: E402
+import picograd.cuda  # noqa: E402,F401
+from picograd import Tensor  # noqa: E402
+
+
+def build_row(row, arrays):  # noqa: ANN001, ANN201 - optable.run_row's graph, on device="cuda", not realized
+    from optable import output_weights
+
+    pg.manual_seed(0)
+    with pg.eager(False):
+        ts = [Tensor(a, dtype=a.dtype, requires_grad=s.is_float and s.grad, device="cuda")
+              for a, s in zip(arrays, row.inputs, strict=True)]
+        out = row.fn(*ts)
+        wrt = [ts[i] for i in row.grad_inputs]
+        if wrt and out.dtype.kind == "f":
+            w = output_weights(out.shape, out.dtype, 1)
+            (out * Tensor(w, dtype=w.dtype, device="cuda")).sum().backward()
+        return out, wrt
+
+
+def fetch_row(out, wrt):  # noqa: ANN001, ANN201
+    assert out.device == "cuda", f"the output is on {out.device}"
+    assert isinstance(out.node.buffer.data, picograd.cuda.CudaArray), type(out.node.buffer.data)
+    grads = [t.grad.numpy() if t.grad is not None else np.zeros_like(t.numpy()) for t in wrt]
+    return out.numpy(), grads
+
+
+def compare(row, got, got_g, want, want_g) -> None:  # noqa: ANN001
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
+    np.testing.assert_allclose(got, want, rtol=max(row.rtol, 1e-5), atol=max(row.atol, 1e-6))
+    for g, w in zip(got_g, want_g, strict=True):
+        np.testing.assert_allclose(g, w, rtol=max(row.rtol, 1e-5), atol=max(row.atol, 1e-5))
+
+
+def check_rows(only: list[str] | None) -> dict[str, str]:
+    """Every row's graph is built first and all are realized together: ONE program (on a GPU machine its
+    hundreds of kernels compile in parallel; row by row, compile start-up would dominate). If that fails,
+    rows are realized one by one to say which."""
+    from optable import ROWS, make_inputs, run_row
+
+    rows = [r for r in ROWS if not only or r.name in only]
+    res: dict[str, str] = {}
+    built = {}
+    for row in rows:
+        try:
+            arrays = make_inputs(row)
+            built[row.name] = (row, arrays, *build_row(row, arrays))
+        except Exception as e:
+            res[row.name] = f"build: {type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
+    try:
+        t0 = time.time()
+        pg.realize(*[b[2] for b in built.values()])
+        print(f"all rows in one realize: {time.time() - t0:.1f} s", file=sys.stderr)
+    except Exception as e:
+        print(f"one realize for all rows failed ({type(e).__name__}: {e}); row by row", file=sys.stderr)
+        for name, (row, arrays, _, _) in list(built.items()):
+            try:
+                built[name] = (row, arrays, *build_row(row, arrays))
+                pg.realize(built[name][2])
+            except Exception as e:
+                res[name] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
+                del built[name]
+    for name, (row, arrays, out, wrt) in built.items():
+        try:
+            want, want_g = run_row(row, arrays, mode="eager")
+            got, got_g = fetch_row(out, wrt)
+            compare(row, got, got_g, want, want_g)
+            res[name] = "ok"
+        except Exception as e:  # reported per row by the parent test
+            res[name] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
+    return res
+
+
+def train_mlp(device: str, backend: str, steps: int = 3, sizes=(12, 16, 8, 3), check_resident: bool = False
+              ) -> tuple[list[float], list]:
+    """A few Adam steps of a small MLP with dropout; returns losses and final parameters."""
+    from picograd import nn, optim
+    from picograd.nn import functional as F
+
+    os.environ["PICOGRAD_BACKEND"] = backend
+    pg.manual_seed(0)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [nn.ReLU(), nn.Dropout(0.25)]
+    model = nn.Sequential(*layers).to(device)
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(steps):
+        x = rng.standard_normal((5, sizes[0])).astype(np.float32)
+        y = rng.integers(0, sizes[-1], 5)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(Tensor(x, device=device)), Tensor(y, device=device))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if check_resident:  # parameters, gradients and Adam's state never left the GPU
+            state = [t for st in opt.state.values() for t in st.values()]
+            for t in list(model.parameters()) + [p.grad for p in model.parameters()] + state:
+                assert isinstance(t.node.buffer.data, picograd.cuda.CudaArray), (t.shape, type(t.node.buffer.data))
+    return losses, [p.numpy() for p in model.parameters()]
+
+
+def check_mlp() -> dict[str, str]:
+    res = {}
+    try:
+        want_l, want_p = train_mlp("cpu", "numpy")
+        before = dict(picograd.cuda.stats())
+        got_l, got_p = train_mlp("cuda", "cuda", check_resident=True)
+        after = picograd.cuda.stats()
+        np.testing.assert_allclose(got_l, want_l, rtol=1e-4, atol=1e-5)
+        for g, w in zip(got_p, want_p, strict=False):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+        res["mlp_train"] = "ok"
+        # the first steps compile (Adam's first step differs), a later step of the same structure must hit
+        hits, compiles = after["hits"] - before["hits"], after["compiles"] - before["compiles"]
+        res["mlp_cache_hit"] = "ok" if hits >= 1 and compiles <= 2 else f"compiles={compiles} hits={hits}"
+    except Exception as e:
+        res["mlp_train"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-4)}"
+    return res
+
+
+def check_misc() -> dict[str, str]:
+    """Multi-tile matmuls with fused epilogues (edges not multiples of the tile), devices and transfers."""
+    res = {}
+
+    def case(name, fn) -> None:  # noqa: ANN001
+        try:
+            fn()
+            res[name] = "ok"
+        except Exception as e:
+            res[name] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
+
+    def tiles() -> None:
+        rng = np.random.default_rng(1)
+        for m, k, n in ((19, 9, 23), (33, 70, 17), (2, 130, 3)):
+            a = rng.standard_normal((m, k)).astype(np.float32)
+            b = rng.standard_normal((n, k)).astype(np.float32)
+            c = rng.standard_normal(n).astype(np.float32)
+            ta, tb, tc = (Tensor(x, device="cuda", requires_grad=True) for x in (a, b, c))
+            out = (ta @ tb.T + tc).relu()
+            (out * out).sum().backward()
+            pg.realize(out, ta.grad, tb.grad, tc.grad)
+            want = np.maximum(a @ b.T + c, 0)
+            g = 2 * want * (want > 0)
+            np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(ta.grad.numpy(), g @ b, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(tb.grad.numpy(), g.T @ a, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(tc.grad.numpy(), g.sum(0), rtol=1e-4, atol=1e-3)
+        x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+        y = rng.standard_normal((3, 7, 11)).astype(np.float32)
+        np.testing.assert_allclose((Tensor(x, device="cuda") @ Tensor(y, device="cuda")).numpy(), x @ y,
+                                   rtol=1e-5, atol=1e-4)
+
+    def long_reductions() -> None:  # big enough for the tree and two-pass templates on a GPU
+        rng = np.random.default_rng(2)
+        from picograd.codegen.cuda_runtime import simulated
+
+        x = rng.standard_normal((3, 3000 if simulated() else 200000)).astype(np.float32)
+        t = Tensor(x, device="cuda")
+        np.testing.assert_allclose(t.sum(axis=1).numpy(), x.sum(1), rtol=1e-4, atol=1e-2)
+        np.testing.assert_allclose(t.max(axis=1).numpy(), x.max(1))
+        np.testing.assert_allclose(t.mean().numpy(), x.mean(), rtol=1e-4, atol=1e-5)
+
+    def devices() -> None:
+        a = Tensor(np.ones((2, 3), np.float32), device="cuda")
+        assert a.device == "cuda" and isinstance(a.node.buffer.data, picograd.cuda.CudaArray)
+        b = a.to("cpu")
+        assert b.device == "cpu" and isinstance(b.node.buffer.data, np.ndarray)
+        assert a.to("cuda") is a and b.to("cuda").device == "cuda"
+        np.testing.assert_array_equal((b.to("cuda") * 2).numpy(), np.full((2, 3), 2, np.float32))
+        try:
+            a + b
+        except ValueError as e:
+            assert "device" in str(e), e
+        else:
+            raise AssertionError("mixing cuda and cpu tensors in one op did not raise")
+        assert picograd.cuda.is_available()
+
+    case("matmul_tiles", tiles)
+    case("long_reductions", long_reductions)
+    case("devices", devices)
+    return res
+
+
+def main() -> None:
+    only = [a for a in sys.argv[1:] if not a.startswith("-")]  # row / check names (default: all)
+    t0 = time.time()
+    os.environ["PICOGRAD_BACKEND"] = "cuda"
+    res = check_rows(only)
+    if not only or "mlp_train" in only:
+        res.update(check_mlp())
+    if not only or "misc" in only:
+        res.update(check_misc())
+    res["_seconds"] = f"{time.time() - t0:.1f}"
+    bad = {k: v for k, v in res.items() if v != "ok" and not k.startswith("_")}
+    print(f"{len(res) - 1 - len(bad)} checks ok, {len(bad)} failed, {res['_seconds']} s", file=sys.stderr)
+    for k, v in bad.items():
+        print(f"FAILED {k}: {v[:1500]}", file=sys.stderr)
+    print("CUDA_RESULTS " + json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The CUDA backend without a GPU.
+
+* Simulator: the op table (forward + gradients, against eager numpy), a small MLP trained with dropout and
+  Adam (against the numpy backend, with parameters and optimizer state checked to stay on the device), multi-
+  tile matmuls, long reductions and device moves run on numba's CUDA simulator. The simulator must be
+  switched on before numba is imported, so tests/cuda_sim_worker.py runs them in a subprocess; each check is
+  reported here as its own test. The reductions run again with each reduction template forced.
+* PTX: a training step's kernels (and a few rows with transcendental, integer and bool ops) compile to PTX
+  for sm_90 with numba-cuda's NVVM, and hold no float64 instruction.
+* Errors: device="cuda" without numba-cuda or a GPU raises a clear CudaUnavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from optable import ROWS
+
+import picograd as pg
+import picograd.cuda as pcuda
+from picograd import Tensor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXTRA = ["mlp_train", "mlp_cache_hit", "matmul_tiles", "long_reductions", "devices"]
+# Rows whose graphs hold reductions: rerun with the tree and two-pass templates forced.
+REDUCING = [r.name for r in ROWS if re.search(r"sum|mean|max|min|softmax|argmax|loss|entropy|mlp|matmul|dot", r.name)]
+
+
+def _worker(env: dict[str, str], args: list[str]) -> dict[str, str]:
+    if importlib.util.find_spec("numba") is None:
+        pytest.skip("numba is not installed")
+    full = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore", **env)
+    p = subprocess.run([sys.executable, os.path.join(HERE, "cuda_sim_worker.py"), *args], env=full,
+                       capture_output=True, text=True, timeout=1200)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("CUDA_RESULTS ")]
+    if not lines:
+        pytest.fail(f"the simulator worker crashed (rc={p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return json.loads(lines[-1].split(" ", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def sim() -> dict[str, str]:
+    return _worker({}, [])
+
+
+@pytest.fixture(scope="module")
+def sim_tree() -> dict[str, str]:
+    return _worker({"PICOGRAD_CUDA_REDUCE": "tree"}, REDUCING)
+
+
+@pytest.fixture(scope="module")
+def sim_split() -> dict[str, str]:
+    return _worker({"PICOGRAD_CUDA_REDUCE": "split"}, REDUCING)
+
+
+@pytest.mark.parametrize("name", [r.name for r in ROWS] + EXTRA)
+def test_simulator(sim: dict[str, str], name: str) -> None:
+    assert name in sim, f"{name}: not run by the worker"
+    assert sim[name] == "ok", sim[name]
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_simulator_tree_reduce(sim_tree: dict[str, str], name: str) -> None:
+    assert sim_tree.get(name) == "ok", sim_tree.get(name)
+
+
+@pytest.mark.parametrize("name", REDUCING)
+def test_simulator_two_pass_reduce(sim_split: dict[str, str], name: str) -> None:
+    assert sim_split.get(name) == "ok", sim_split.get(name)
+
+
+# ---- PTX ---------------------------------------------------------------------------------------------
+def _render_captured(fn) -> Any:  # noqa: ANN001
+    """The CUDA program (rendered for sm_90, not compiled) of the one realize fn() triggers; the realize
+    itself is computed by the numpy backend. Rendered inside the backend call: afterwards the roots hold
+    buffers and would read as inputs."""
+    from picograd.codegen.cuda import CudaProgram
+    from picograd.codegen.cuda_render import Target
+    from picograd.ir.node import structural_key
+    from picograd.realize import register_backend
+
+    evaluate = importlib.import_module("picograd.eager").evaluate
+    got: list = []
+
+    def backend(roots: list) -> list:
+        _, inputs = structural_key(roots)
+        got.append(CudaProgram(roots, inputs, Target(sim=False, sm_count=132), build=False))
+        return evaluate(roots)
+
+    register_backend("_capture", backend)
+    old = os.environ.get("PICOGRAD_BACKEND")
+    os.environ["PICOGRAD_BACKEND"] = "_capture"
+    try:
+        fn()
+    finally:
+        if old is None:
+            del os.environ["PICOGRAD_BACKEND"]
+        else:
+            os.environ["PICOGRAD_BACKEND"] = old
+    return got[-1]
+
+
+def _training_step_and_rows() -> None:
+    from optable import ROWS_BY_NAME, make_inputs
+
+    from picograd import nn, optim
+    from picograd.nn import functional as F
+
+    pg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    loss = F.cross_entropy(model(Tensor(rng.random((5, 12), dtype=np.float32))), Tensor(rng.integers(0, 3, 5)))
+    loss.backward()
+    opt.step()
+    extra = []
+    for name in ("sigmoid", "tanh", "pow", "sin", "cos", "argmax", "int_mean", "where", "getitem_neg_step",
+                 "bool_sum", "int_div"):
+        row = ROWS_BY_NAME[name]
+        extra.append(row.fn(*[Tensor(a, dtype=a.dtype) for a in make_inputs(row)]))
+    extra.append((Tensor(rng.random((7, 9), dtype=np.float32)).tanh() * 3).exp())  # a lone elementwise kernel
+    pg.realize(loss, *extra)
+
+
+def test_generated_ptx_has_no_float64() -> None:
+    try:
+        from numba import cuda, types
+
+        cuda.compile_ptx(lambda a: None, (types.CPointer(types.float32),), cc=(9, 0))
+    except Exception as e:  # pragma: no cover - depends on the installed extra
+        pytest.skip(f"compile_ptx needs numba-cuda[cu13] (NVVM): {type(e).__name__}: {e}")
+    from picograd.codegen.cuda import compile_ptx
+
+    prog = _render_captured(_training_step_and_rows)
+    kinds = {r.name.split("_")[1] for r in prog.kernels}
+    assert {"matmul", "reduce", "elementwise"} <= kinds, kinds
+    ptx = compile_ptx(prog.source, prog.kernels, prog.dtypes, (9, 0))
+    assert set(ptx) == {r.name for r in prog.kernels}
+    # libdevice's sinf/cosf carry a float64 slow path for huge arguments (|x| > ~1e5): that much is NVIDIA's.
+    # Generated code may add nothing to it (a Python-literal leak shows as cvt.f64.f32 and friends).
+    libdevice = {fn: _f64_ops(cuda.compile_ptx(k, (types.CPointer(types.float32),) * 2, cc=(9, 0))[0])
+                 for fn, k in (("sin", _sin), ("cos", _cos))}
+    for r in prog.kernels:
+        text, entry = ptx[r.name]
+        assert entry in text
+        allowed = set().union(*[ops for fn, ops in libdevice.items() if f"math.{fn}(" in r.source])
+        leaked = _f64_ops(text) - allowed
+        assert not leaked, f"{r.name}: float64 instructions in a float32 program: {sorted(leaked)}\n{r.source}"
+        # every kernel parameter is a pointer: a launch is one driver call with a prepacked block
+        params = re.findall(r"\.param\s+\.(\w+)", text.split(".entry", 1)[1].split(")", 1)[0])
+        assert params and set(params) == {"u64"}, (r.name, params)
+
+
+def _sin(a, c) -> None:  # noqa: ANN001
+    c[0] = math.sin(a[0])
+
+
+def _cos(a, c) -> None:  # noqa: ANN001
+    c[0] = math.cos(a[0])
+
+
+def _f64_ops(ptx: str) -> set[str]:
+    ops = re.findall(r"^\s*(?:@!?%p\d+\s+)?([a-z]+(?:\.[a-z0-9]+)+)", ptx, re.M)
+    return {op for op in ops if "f64" in op.split(".")}
+
+
+# ---- errors without the extra or a GPU ---------------------------------------------------------------------
+def test_is_available_is_a_bool() -> None:
+    assert pcuda.is_available() in (True, False)
+
+
+def test_missing_numba_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from picograd.codegen import cuda_runtime as rt
+
+    monkeypatch.setattr(pcuda, "_numba_cuda_present", lambda: False)
+    monkeypatch.setattr(rt, "simulated", lambda: False)
+    assert pcuda.is_available() is False
+    with pytest.raises(pcuda.CudaUnavailable, match=r"numba-cuda.*pip install -e '\.\[cuda\]'"):
+        Tensor(np.ones(3, np.float32), device="cuda")
+    with pytest.raises(pcuda.CudaUnavailable, match="numba-cuda"):
+        Tensor(np.ones(3, np.float32)).to("cuda")
+
+
+def test_unknown_device_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        Tensor(np.ones(3, np.float32), device="tpu")
