@@ -11,6 +11,15 @@ import pytest
 from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `from optable import ...` under any import mode
+# Compiled programs go to a fresh cache per test session, so tests never depend on an earlier run's cache
+# (set PICOGRAD_CACHE_DIR to reuse one across runs, e.g. in CI).
+if not os.environ.get("PICOGRAD_CACHE_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["PICOGRAD_CACHE_DIR"] = tempfile.mkdtemp(prefix="picograd-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PICOGRAD_CACHE_DIR"], ignore_errors=True)
 
 import picograd as pg  # noqa: E402
 

@@ -1,0 +1,435 @@
+"""Compiled programs, cached in memory and on disk.
+
+Key: the graph's structure with realized inputs numbered by position (`graph_key`, a faster walk than
+ir.node.structural_key with the same meaning), looked up in memory first. On a miss the graph is scheduled
+and rendered; the generated module is written under `$PICOGRAD_CACHE_DIR/cpu` (default ~/.cache/picograd/cpu)
+as `pg_<sha256 of its source>.py`, atomically, then imported (registered in sys.modules first) so that
+numba's `cache=True` keeps the machine code next to it in `__pycache__/`. The source embeds everything the
+compiled code depends on beyond the graph (picograd and numba versions, codegen flags), so its content hash is
+the disk key: a second process renders the same text, finds the file and loads the machine code without
+compiling. A file whose content does not match its name, or numba cache files that fail to load, are
+replaced and recompiled, never trusted.
+
+Grad placeholders: the key is computed on the graph as built (backward() leaves `grad` nodes), so a cached
+training step skips autodiff entirely; the program maps its inputs to the key's input positions."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..ir import ops
+from ..ir.node import Node
+from . import cpu
+from .schedule import Kernel, schedule
+
+# Numba compiles ~2-4 ms per IR op; far bigger graphs run on the numpy interpreter instead (see prepare).
+MAX_COMPILE_NODES = int(os.environ.get("PICOGRAD_MAX_COMPILE_NODES", "3000"))
+_EXPAND = object()  # memory-cache marker: this structure must be keyed after autodiff (see run_graph)
+_programs: dict[tuple, Any] = {}
+_stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "compile_s": 0.0}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PICOGRAD_CACHE_DIR") or Path.home() / ".cache" / "picograd")
+
+
+def cache_stats() -> dict:
+    """hits (memory + disk), misses (compiled from scratch), compile_s (seconds generating, compiling and
+    loading programs), programs (held in memory)."""
+    s = {k: v for k, v in _stats.items() if k != "warned_large"}
+    s["hits"] = s["memory_hits"] + s["disk_hits"]
+    s["programs"] = sum(1 for p in _programs.values() if p is not _EXPAND)
+    return s
+
+
+def reset_cache_stats(clear_memory: bool = False) -> None:
+    _stats.update(memory_hits=0, disk_hits=0, misses=0, compile_s=0.0)
+    if clear_memory:
+        _programs.clear()
+
+
+# ---- the key --------------------------------------------------------------------------------------------
+def graph_key(roots: list[Node]) -> tuple[tuple, list[Node], bool, bool]:
+    """(key, inputs, has_grad, opaque): the structure of the graph computing roots, realized nodes as numbered
+    inputs. has_grad: it holds unexpanded grad placeholders; opaque: it also holds a realized node with
+    sources, below which autodiff may need to look, so the key after expansion must be used instead.
+
+    This runs on every realize, so it is written for speed: a recursive post-order walk (nodes hash by
+    identity), with an iterative walk of the same order for graphs deeper than Python's recursion limit."""
+    try:
+        return _key_recursive(roots)
+    except RecursionError:
+        return _key_iterative(roots)
+
+
+def _key_recursive(roots: list[Node]) -> tuple[tuple, list[Node], bool, bool]:
+    index: dict[Node, int] = {}
+    rows: list[tuple] = []
+    inputs: list[Node] = []
+    flags = [False, False]
+    grad, const = ops.GRAD, ops.CONST
+
+    def visit(n: Node) -> int:
+        i = index.get(n)
+        if i is not None:
+            return i
+        if n.buffer is not None:
+            i = index[n] = len(rows)
+            rows.append((len(inputs), n.dtype, n.shape))
+            inputs.append(n)
+            if n.srcs:
+                flags[1] = True
+            return i
+        srcs = n.srcs
+        if len(srcs) == 1:
+            s: tuple = (visit(srcs[0]),)
+        elif len(srcs) == 2:
+            s = (visit(srcs[0]), visit(srcs[1]))
+        else:
+            s = tuple([visit(x) for x in srcs])
+        i = index[n] = len(rows)
+        op = n.op
+        if op == grad:
+            flags[0] = True
+        # repr tells -0.0 from 0.0 (equal, so one cached program would serve both with the first one's sign)
+        rows.append((op, s, n.dtype, n.shape, n.arg if op != const else repr(n.arg)))
+        return i
+
+    try:
+        outs = tuple([visit(r) for r in roots])
+    finally:
+        visit = None  # noqa: F841 - the closure refers to itself: break the cycle, or it keeps the graph alive
+    return (tuple(rows), outs), inputs, flags[0], flags[1]
+
+
+def _key_iterative(roots: list[Node]) -> tuple[tuple, list[Node], bool, bool]:
+    index: dict[Node, int] = {}
+    rows: list[tuple] = []
+    inputs: list[Node] = []
+    has_grad = opaque = False
+    for root in roots:
+        stack = [root]
+        while stack:
+            n = stack[-1]
+            if n in index:
+                stack.pop()
+                continue
+            if n.buffer is not None:
+                stack.pop()
+                index[n] = len(rows)
+                rows.append((len(inputs), n.dtype, n.shape))
+                inputs.append(n)
+                opaque = opaque or bool(n.srcs)
+                continue
+            srcs = n.srcs
+            todo = [s for s in srcs if s not in index]
+            if todo:
+                todo.reverse()
+                stack.extend(todo)
+                continue
+            stack.pop()
+            index[n] = len(rows)
+            if n.op == ops.GRAD:
+                has_grad = True
+            arg = n.arg if n.op != ops.CONST else repr(n.arg)
+            rows.append((n.op, tuple([index[s] for s in srcs]), n.dtype, n.shape, arg))
+    return (tuple(rows), tuple([index[r] for r in roots])), inputs, has_grad, opaque
+
+
+# ---- programs -------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Program:
+    """A compiled realize: `run(inputs)` calls one @njit entry function that runs every kernel in order."""
+
+    key_hash: str
+    schedule: Any
+    source: str
+    kernel_sources: dict[str, str]
+    module_path: str
+    args: list[str]
+    entry: Any
+    out_specs: list[tuple[int, np.dtype]]  # (elements, dtype) per output buffer
+    results: list[tuple[bool, int, tuple[int, ...]]]  # per root: (from an input?, buffer position, shape)
+    scratch: list[np.ndarray]  # arenas, allocated once and reused by every run
+    input_slots: list[int] | None = None  # positions in the key's inputs (None: the same order)
+    compile_s: float = 0.0
+    from_cache: str | None = None  # "memory" | "disk" | None (compiled here)
+    module: Any = None
+    kernel_args: dict[str, list[int]] = field(default_factory=dict)  # kernel name -> positions in the arguments
+    pool: list = field(default_factory=list)  # output arrays of the last run, reused once unreferenced
+
+    @property
+    def kernels(self) -> list[Kernel]:
+        return self.schedule.kernels
+
+    def _args(self, inputs: list[np.ndarray]) -> tuple[list, list[np.ndarray]]:
+        ins = []
+        for a in inputs:
+            a = a.ravel()
+            if not a.flags.writeable:
+                a = a.copy()  # numba would compile another specialization for read-only arrays
+            ins.append(a)
+        pool = self.pool
+        if not pool:
+            pool.extend([] for _ in self.out_specs)
+        outs = []
+        for (n, dt), free in zip(self.out_specs, pool, strict=True):
+            # Recycle an earlier run's output array once nothing refers to it any more (the Buffer that held it
+            # and every view of it are gone): a parameter updated each step alternates between two arrays, where
+            # fresh multi-MB arrays would page-fault every step. References counted: the pool list, `a` and
+            # getrefcount's own argument.
+            for a in free:
+                if sys.getrefcount(a) <= 3:
+                    break
+            else:
+                a = np.empty(n, dt)
+                free.append(a)
+                if len(free) > 2:
+                    del free[0]
+            outs.append(a)
+        return ins + outs + self.scratch, outs
+
+    def _shaped(self, inputs: list[np.ndarray], outs: list[np.ndarray]) -> list[np.ndarray]:
+        return [(inputs if from_input else outs)[j].reshape(shape) for from_input, j, shape in self.results]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        args, outs = self._args(inputs)
+        self.entry(*args)
+        return self._shaped(inputs, outs)
+
+    def run_profiled(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+        """Run kernel by kernel from Python, timing each (for PICOGRAD_DEBUG=2; the first call compiles the
+        kernel functions, which the plain entry never needs)."""
+        args, outs = self._args(inputs)
+        times = []
+        for k in self.kernels:
+            fn = getattr(self.module, k.name)
+            kargs = [args[i] for i in self.kernel_args[k.name]]
+            t0 = time.perf_counter()
+            fn(*kargs)
+            times.append(time.perf_counter() - t0)
+        return self._shaped(inputs, outs), times
+
+
+@functools.lru_cache(maxsize=1)
+def _salt() -> str:
+    import numba
+
+    from .. import __version__
+    from . import blas
+
+    flags = f"parallel_min={cpu.PARALLEL_MIN} block={cpu.BLOCK} fastmath={cpu.FASTMATH}"
+    # numba's cache doesn't see changes to callees in other files: the gemm intrinsic's source is in the key
+    blas_hash = hashlib.sha256(Path(blas.__file__).read_bytes()).hexdigest()[:12]
+    return f"# picograd {__version__}, numba {numba.__version__}, numpy {np.__version__}, {flags}, blas {blas_hash}\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)  # no-clobber: a file another process already wrote keeps its mtime (numba's stamp)
+        except FileExistsError:
+            if path.read_text() != text:
+                os.replace(tmp, path)
+                tmp = None
+        except OSError:
+            os.replace(tmp, path)
+            tmp = None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _purge_numba_cache(path: Path) -> None:
+    pyc = path.parent / "__pycache__"
+    if pyc.is_dir():
+        for f in pyc.glob(path.stem + ".*"):
+            try:
+                f.unlink()
+            except OSError:
+                pass
+
+
+def _load_module(source: str) -> tuple[Any, Path]:
+    digest = hashlib.sha256(source.encode()).hexdigest()[:24]
+    name = f"pg_{digest}"
+    path = cache_dir() / "cpu" / f"{name}.py"
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod, path
+    try:
+        ok = path.read_text() == source
+    except (OSError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        if path.exists():  # corrupted or truncated: its machine code can't be trusted either
+            _purge_numba_cache(path)
+            path.unlink()
+        _write_atomic(path, source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # before executing: numba's cache looks the module up by name
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return mod, path
+
+
+def _signature(args: list[str], sched, rendered: cpu.Rendered) -> tuple:
+    from numba import types
+    from numba.np.numpy_support import from_dtype
+
+    dts = [n.dtype for n in sched.inputs] + [n.dtype for n in sched.out_buffers]
+    dts += [rendered.scratch[a][0] for a in args[len(dts):]]
+    return tuple(types.Array(from_dtype(np.dtype(d)), 1, "C") for d in dts)
+
+
+def _compile(entry: Any, sig: tuple, path: Path) -> bool:
+    """Compile (or load from numba's disk cache); True when it loaded without compiling."""
+    before = sum(entry.stats.cache_hits.values())
+    try:
+        entry.compile(sig)
+    except Exception:
+        # A damaged numba cache file fails to unpickle: drop it and compile afresh.
+        _purge_numba_cache(path)
+        entry.compile(sig)
+        return False
+    return sum(entry.stats.cache_hits.values()) > before
+
+
+def build(roots: list[Node], inputs: list[Node], key_hash: str) -> Program:
+    sched = schedule(roots, inputs)
+    rendered = cpu.render_program(sched, key_hash)
+    source = _salt() + rendered.source
+    mod, path = _load_module(source)
+    entry = mod.program
+    jit = hasattr(entry, "compile")  # False under NUMBA_DISABLE_JIT=1: plain Python
+    from_disk = _compile(entry, _signature(rendered.args, sched, rendered), path) if jit else False
+    scratch = [np.zeros(max(size, 1), dt) for _, (dt, size) in sorted(rendered.scratch.items())]
+    out_specs = [(n.size, np.dtype(n.dtype)) for n in sched.out_buffers]
+    pos_in = {id(n): i for i, n in enumerate(sched.inputs)}
+    pos_out = {id(n): j for j, n in enumerate(sched.out_buffers)}
+    results = [(id(b) in pos_in, pos_in.get(id(b), pos_out.get(id(b))), r.shape)
+               for r, b in zip(sched.outputs, sched.root_source, strict=True)]
+    return Program(key_hash, sched, source, rendered.kernel_sources, str(path), rendered.args, entry, out_specs,
+                   results, scratch, from_cache="disk" if from_disk else None, module=mod,
+                   kernel_args=rendered.kernel_args)
+
+
+def key_digest(key: tuple) -> str:
+    return hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+
+
+def _lookup(todo: list[Node], key: tuple, inputs: list[Node], has_grad: bool) -> tuple[Program, bool]:
+    """The program for this key, building it on a miss. Returns (program, hit)."""
+    prog = _programs.get(key)
+    if prog is not None:
+        _stats["memory_hits"] += 1
+        prog.from_cache = "memory"
+        prog.compile_s = 0.0
+        return prog, True
+    from ..ir.autodiff import expand_grads
+
+    t0 = time.perf_counter()
+    roots = expand_grads(todo) if has_grad else todo
+    slots = None
+    if has_grad:
+        pos = {id(n): i for i, n in enumerate(inputs)}
+        used = [n for n in _realized(roots)]
+        if any(id(n) not in pos for n in used):
+            # autodiff met a realized node the built graph doesn't show: key this structure after expansion
+            _programs[key] = _EXPAND
+            raise _Reexpand(roots)
+        slots = [pos[id(n)] for n in used]
+        inputs = used
+    prog = build(roots, inputs, key_digest(key))
+    prog.input_slots = slots
+    prog.compile_s = time.perf_counter() - t0
+    _stats["compile_s"] += prog.compile_s
+    if prog.from_cache == "disk":
+        _stats["disk_hits"] += 1
+    else:
+        _stats["misses"] += 1
+    _programs[key] = prog
+    return prog, prog.from_cache == "disk"
+
+
+class _Reexpand(Exception):
+    def __init__(self, roots: list[Node]) -> None:
+        self.roots = roots
+
+
+def _realized(roots: list[Node]) -> list[Node]:
+    from ..ir.node import toposort
+
+    return [n for n in toposort(roots, stop_at_realized=True) if n.buffer is not None]
+
+
+def prepare(todo: list[Node]) -> tuple[Program | None, bool, list[np.ndarray], list[Node] | None]:
+    """Find or build the program for todo and gather its input arrays: (program, hit, arrays, expanded roots
+    if expansion happened here). program is None for a graph too big to compile (over MAX_COMPILE_NODES
+    nodes): compiling it would cost more than interpreting it many times; the caller interprets it."""
+    key, inputs, has_grad, opaque = graph_key(todo)
+    if len(key[0]) > MAX_COMPILE_NODES:
+        _warn_large(len(key[0]))
+        return None, False, [], None
+    prog = None if has_grad and opaque else _programs.get(key)
+    if prog is not None and prog is not _EXPAND:  # the hot path: a cached step
+        _stats["memory_hits"] += 1
+        prog.from_cache, prog.compile_s = "memory", 0.0
+        slots = prog.input_slots
+        return prog, True, [n.buffer.data for n in inputs] if slots is None else [inputs[i].buffer.data
+                                                                                  for i in slots], None
+    expanded = None
+    if prog is _EXPAND or (has_grad and opaque):
+        from ..ir.autodiff import expand_grads
+
+        expanded = expand_grads(todo)
+        key, inputs, has_grad, _ = graph_key(expanded)
+        todo = expanded
+    try:
+        prog, hit = _lookup(todo, key, inputs, has_grad)
+    except _Reexpand as e:
+        expanded = e.roots
+        key, inputs, has_grad, _ = graph_key(expanded)
+        prog, hit = _lookup(expanded, key, inputs, has_grad)
+    slots = prog.input_slots
+    arrays = [n.buffer.data for n in inputs] if slots is None else [inputs[i].buffer.data for i in slots]
+    return prog, hit, arrays, expanded
+
+
+def _warn_large(n: int) -> None:
+    if not _stats.get("warned_large"):
+        _stats["warned_large"] = 1
+        import warnings
+
+        warnings.warn(f"picograd: a graph of {n} nodes is interpreted with numpy instead of compiled (limit "
+                      f"PICOGRAD_MAX_COMPILE_NODES={MAX_COMPILE_NODES})", RuntimeWarning, stacklevel=4)
+
+
+def run_graph(todo: list[Node]) -> list[np.ndarray]:
+    """The "cpu" backend: compute todo's nodes (grad placeholders allowed) with one compiled program."""
+    prog, _, arrays, _ = prepare(todo)
+    if prog is None:
+        from ..eager import evaluate
+        from ..ir.autodiff import expand_grads
+
+        return evaluate(expand_grads(todo))
+    return prog.run(arrays)

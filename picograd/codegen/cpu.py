@@ -1,0 +1,359 @@
+"""Render a Schedule as one Python module for Numba: a kernel function per kernel plus one entry function
+`program` that runs every kernel in order, so a realize is a single Python -> Numba call.
+
+Shape of the generated code (read one with PICOGRAD_DEBUG=4):
+  - every buffer is passed flat (1-D, C order) and indexed with affine integer expressions in which the
+    shapes are constants, so LLVM sees contiguous inner loops it can vectorize; adjacent loop axes that
+    every index reads as one flat run are merged into a single loop (indexing.collapse);
+  - one line per IR node, commented with the node it computes (`# %12 add f32[128,10]`); lines are hoisted
+    to the outermost loop whose variables they use;
+  - constants are module globals of their exact dtype (np.float32(0.5)): no float64 leaks from literals;
+  - reductions accumulate in a typed scalar when the reduced axes are innermost (blocked in chunks of
+    BLOCK for accuracy and, when large, in parallel), else into the output row, vectorized;
+  - matmuls call BLAS gemm on the flat buffers (blas.py), transposed or not, then run their fused epilogue;
+  - kernels with at least PARALLEL_MIN elements are separate @njit(parallel=True) functions using prange;
+    the rest are inlined into `program`, which stays serial (parallel=True compiles 3-4x slower).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..ir import ops
+from ..ir.node import Node
+from ..ir.printer import GraphView
+from . import indexing as ix
+from .cpu_expr import Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
+from .schedule import Kernel, Schedule, matmul_operands
+
+PARALLEL_MIN = int(os.environ.get("PICOGRAD_PARALLEL_MIN", 1 << 17))  # elements; smaller loops stay serial
+BLOCK = 4096  # reduction chunk: partial sums of this many elements keep float32 sums accurate
+FASTMATH = "{'reassoc', 'nsz'}"  # reassoc lets LLVM vectorize reductions; no nnan/ninf: NaN and inf stay exact
+HEADER = "njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True{par})"
+
+
+@dataclass
+class KernelCode:
+    kernel: Kernel
+    body: list[str]  # unindented lines of the kernel's body
+    parallel: bool
+    buffers: list[str] = field(default_factory=list)  # scratch views it uses
+
+
+class ProgramRenderer:
+    def __init__(self, sched: Schedule, names: dict[int, str], num: dict[int, str]) -> None:
+        self.s = sched
+        self.names = names  # id(node) -> buffer variable name
+        self.num = num  # id(node) -> number for comments
+        self.consts = Consts()
+        self.counter = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    # ---- one kernel ---------------------------------------------------------------------------------
+    def kernel(self, k: Kernel) -> KernelCode:
+        lines: list[str] = []
+        size = int(np.prod(k.domain, dtype=np.int64)) if k.domain else 1
+        parallel = size >= PARALLEL_MIN
+        if k.matmul is not None:
+            lines += self.matmul(k.matmul)
+        loads = {id(i): self.names[id(i)] for i in k.inputs}
+        if k.matmul is not None:
+            loads[id(k.matmul)] = self.names[id(k.matmul)]
+        if k.stores or k.reduces:
+            loop = Loop(self, k.domain, loads)
+            idx, _ = ix.identity(k.domain)
+            for s in k.stores:
+                v = loop.value(s, _index_for(idx, k.domain, s.shape), ())
+                flat = ix.flat_index(idx, k.domain, loop.nd)
+                loop.stmts.append(Stmt([f"{self.names[id(s)]}[", flat, f"] = {v.text}"], v.dims | flat.used(),
+                                       f"store {node_label(s, self.num)}"))
+            reds = []
+            for r in k.reduces:
+                v = loop.value(r.srcs[0], idx, ())
+                reds.append((r, v))
+            lines += self.nest(loop, k, reds, parallel)
+        if k.post:
+            ploads = dict(loads)
+            for r in k.reduces:
+                ploads[id(r)] = self.names[id(r)]
+            loop = Loop(self, k.out_shape, ploads)
+            idx, _ = ix.identity(k.out_shape)
+            for s in k.post:
+                v = loop.value(s, _index_for(idx, k.out_shape, s.shape), ())
+                flat = ix.flat_index(idx, k.out_shape, loop.nd)
+                loop.stmts.append(Stmt([f"{self.names[id(s)]}[", flat, f"] = {v.text}"], v.dims | flat.used(),
+                                       f"store {node_label(s, self.num)}"))
+            lines += self.nest(loop, None, [], _prod(k.out_shape) >= PARALLEL_MIN)
+        return KernelCode(k, lines, parallel and any("prange(" in ln for ln in lines))
+
+    def matmul(self, n: Node) -> list[str]:
+        """BLAS gemm straight on the flat buffers (see blas.py): operands are read as stored, transposed or not."""
+        mm, opa, opb = matmul_operands(n)
+        out = self.names[id(n)]
+        a, b = mm.srcs
+        note = " (computed transposed)" if mm is not n else ""
+        lines = [f"# {node_label(n, self.num)} = {node_label(a, self.num)} @ {node_label(b, self.num)}{note}"]
+        m, nn = n.shape[-2], n.shape[-1]
+        k = a.shape[-1]
+        if 0 in n.shape:
+            return lines
+        if k == 0:
+            return lines + [f"{out}[:] = {self.consts.get(0, n.dtype)}"]
+        (ba, _, ta), (bb, _, tb) = opa, opb
+        lda, ldb = (m if ta else k), (k if tb else nn)
+        args = (f"{self.names[id(ba)]}, {{oa}}, {int(ta)}, {lda}, {self.names[id(bb)]}, {{ob}}, {int(tb)}, {ldb}, "
+                f"{out}, {{oc}}, {m}, {nn}, {k}")
+        if len(n.shape) == 2:
+            return lines + [f"gemm({args.format(oa=0, ob=0, oc=0)})"]
+        return lines + [f"for b in range({n.shape[0]}):",
+                        f"    gemm({args.format(oa=f'b * {m * k}', ob=f'b * {k * nn}', oc=f'b * {m * nn}')})"]
+
+    # ---- loop nests ---------------------------------------------------------------------------------
+    def nest(self, loop: Loop, k: Kernel | None, reds: list[tuple[Node, Val]], parallel: bool) -> list[str]:
+        sizes = loop.sizes
+        axes = set(k.axes) if k is not None and reds else set()
+        reduced = tuple(d in axes for d in range(len(sizes)))
+        used: list = []
+        blocked: set = set()
+        for st in loop.stmts:
+            for part in st.parts:
+                if isinstance(part, ix.Cond):
+                    part = part.e
+                if isinstance(part, ix.Ix):
+                    if part.affine:
+                        used.append(part)
+                    else:
+                        blocked |= part.dims
+        out_idx = {}
+        for r, _ in reds:
+            oidx = tuple(ix.const(0, loop.nd) if reduced[d] else ix.var(d, loop.nd, s) for d, s in enumerate(sizes))
+            out_idx[id(r)] = ix.flat_index(oidx, r.shape, loop.nd)
+            used.append(out_idx[id(r)])
+        groups = ix.collapse(sizes, reduced, used, frozenset(blocked))
+        names = ix.group_names(groups, sizes)
+        gpos = {d: g for g, grp in enumerate(groups) for d in grp}
+        depth_of = lambda dims: 1 + max((gpos[d] for d in dims if d in gpos), default=-1)  # noqa: E731
+        gsize = [_prod(sizes[d] for d in grp) for grp in groups]
+        gred = [reduced[g[0]] for g in groups]
+        ng = len(groups)
+        # t: first loop of the innermost all-reduced run; those loops accumulate into typed scalars
+        t = ng
+        while t > 0 and gred[t - 1]:
+            t -= 1
+        vector_mode = any(gred[:t])  # some reduced loop encloses kept ones: accumulate into the output row
+        by_depth: dict[int, list[str]] = {}
+
+        def put(depth: int, text: str) -> None:
+            by_depth.setdefault(depth, []).append(text)
+
+        index_vars: dict[str, str] = {}  # index arithmetic shared by several loads/stores is computed once
+
+        def part_text(pt, dims: frozenset) -> str:
+            if isinstance(pt, str):
+                return pt
+            text = pt.render(names)
+            if isinstance(pt, ix.Ix) and (" + " in text or " * " in text or "//" in text or "%" in text):
+                var = index_vars.get(text)
+                if var is None:
+                    var = index_vars[text] = self.fresh("j")
+                    put(depth_of(pt.used()), f"{var} = {text}")
+                return var
+            return text
+
+        for st in loop.stmts:
+            text = "".join(part_text(pt, st.dims) for pt in st.parts)
+            if st.comment:
+                text += f"  # {st.comment}"
+            put(depth_of(st.dims), text)
+        pre: list[str] = []
+        accs: list[tuple[str, str, Node, str, str]] = []  # (acc, init, reduce node, value, output element)
+        for r, v in reds:
+            buf = self.names[id(r)]
+            init = self.consts.get(init_value(r.op, r.dtype), r.dtype)
+            target = f"{buf}[{out_idx[id(r)].render(names)}]"
+            if vector_mode:
+                pre.append(f"{buf}[:] = {init}  # init {node_label(r, self.num)}")
+            accs.append((self.fresh("acc"), init, r, v.text, target))
+        lines = list(pre)
+        par_outer = parallel and ng > 0 and not gred[0] and gsize[0] > 1
+        # a single large innermost reduced loop runs in blocks (partial sums); in parallel if it is the whole nest
+        blocked_red = bool(accs) and t == ng - 1 and gsize[t] > BLOCK
+        par_blocks = parallel and blocked_red and t == 0
+
+        def finish(indent: str) -> None:
+            for acc, _, r, _, target in accs:
+                val = combine(r.op, r.dtype, target, acc) if vector_mode else acc
+                lines.append(f"{indent}{target} = {val}  # {node_label(r, self.num)}")
+
+        def emit(depth: int, indent: str) -> None:
+            for text in by_depth.get(depth, []):
+                lines.append(indent + text)
+            if depth == t and accs and t < ng:
+                for acc, init, *_ in accs:
+                    lines.append(f"{indent}{acc} = {init}")
+                if blocked_red:
+                    emit_blocks(indent)
+                    finish(indent)
+                    return
+            if depth < ng:
+                var = f"i{groups[depth][0]}"
+                rng = "prange" if depth == 0 and par_outer else "range"
+                lines.append(f"{indent}for {var} in {rng}({gsize[depth]}):")
+                emit(depth + 1, indent + "    ")
+            elif t == ng:  # no reduced loop inside the kept ones: accumulate straight into the output
+                for _, init, r, v, target in accs:
+                    val = combine(r.op, r.dtype, target if vector_mode else init, v)
+                    lines.append(f"{indent}{target} = {val}  # {node_label(r, self.num)}")
+            else:
+                for acc, _, r, v, _ in accs:
+                    lines.append(f"{indent}{acc} = {combine(r.op, r.dtype, acc, v)}  # accumulate")
+            if depth == t and accs and t < ng:
+                finish(indent)
+
+        def emit_blocks(indent: str) -> None:
+            var, n = f"i{groups[t][0]}", gsize[t]
+            nb = -(-n // BLOCK)
+            inner = indent + "    "
+            if par_blocks:
+                for acc, _, r, _, _ in accs:
+                    lines.append(f"{indent}{acc}_part = np.empty({nb}, {np_type(r.dtype)})")
+            lines.append(f"{indent}for {var}_b in {'prange' if par_blocks else 'range'}({nb}):")
+            for acc, init, *_ in accs:
+                lines.append(f"{inner}{acc}_b = {init}")
+            lines.append(f"{inner}{var}_o = {var}_b * {BLOCK}")
+            lines.append(f"{inner}for {var}_i in range(min({BLOCK}, {n} - {var}_o)):")
+            lines.append(f"{inner}    {var} = {var}_o + {var}_i")
+            for text in by_depth.get(t + 1, []):
+                lines.append(inner + "    " + text)
+            for acc, _, r, v, _ in accs:
+                lines.append(f"{inner}    {acc}_b = {combine(r.op, r.dtype, acc + '_b', v)}  # accumulate")
+            for acc, _, r, _, _ in accs:
+                if par_blocks:
+                    lines.append(f"{inner}{acc}_part[{var}_b] = {acc}_b")
+                else:
+                    lines.append(f"{inner}{acc} = {combine(r.op, r.dtype, acc, acc + '_b')}")
+            if par_blocks:
+                lines.append(f"{indent}for {var}_b in range({nb}):")
+                for acc, _, r, _, _ in accs:
+                    lines.append(f"{indent}    {acc} = {combine(r.op, r.dtype, acc, acc + '_part[' + var + '_b]')}")
+
+        emit(0, "")
+        return lines
+
+
+def _index_for(idx: tuple, domain: tuple[int, ...], shape: tuple[int, ...]) -> tuple:
+    """The loop index as an index of a node whose shape differs from the domain only by size-1 axes."""
+    return idx if shape == domain else ix.reshape_index(idx, domain, shape, domain)
+
+
+def _prod(xs) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n
+
+
+# ---- the whole program ----------------------------------------------------------------------------------
+@dataclass
+class Rendered:
+    source: str
+    kernel_sources: dict[str, str]  # kernel name -> its function's source
+    args: list[str]  # the entry's parameters, in order
+    scratch: dict[str, tuple[np.dtype, int]]  # arena name -> (dtype, elements)
+    parallel: bool  # any kernel uses prange
+    kernel_args: dict[str, list[int]] = field(default_factory=dict)  # kernel -> positions of its arguments in args
+
+
+def plan_scratch(sched: Schedule) -> tuple[dict[int, tuple[str, int, int]], dict[str, tuple[np.dtype, int]]]:
+    """Give every intermediate buffer a slice of one arena per dtype; buffers whose lifetimes (producer kernel
+    to last reader) don't overlap share memory. Returns id(node) -> (arena, offset, size), arena sizes."""
+    last: dict[int, int] = {}
+    for k in sched.kernels:
+        for i in k.inputs:
+            last[id(i)] = k.index
+    slots: dict[int, tuple[str, int, int]] = {}
+    placed: dict[str, list[tuple[int, int, int, int]]] = {}  # arena -> (offset, size, start, end)
+    arenas: dict[str, tuple[np.dtype, int]] = {}
+    for n in sched.intermediates:
+        k = sched.kernel_of[id(n)].index
+        start, end = k, max(k, last.get(id(n), k))
+        arena = f"s_{short(n.dtype)}"
+        size = n.size
+        live = sorted((p for p in placed.get(arena, []) if not (p[3] < start or end < p[2])), key=lambda p: p[0])
+        off = 0
+        for p_off, p_size, _, _ in live:
+            if off + size <= p_off:
+                break
+            off = max(off, -(-(p_off + p_size) // 16) * 16)  # 64-byte aligned for float32
+        placed.setdefault(arena, []).append((off, size, start, end))
+        slots[id(n)] = (arena, off, size)
+        total = arenas.get(arena, (n.dtype, 0))[1]
+        arenas[arena] = (np.dtype(n.dtype), max(total, off + size))
+    return slots, arenas
+
+
+def render_program(sched: Schedule, title: str = "") -> Rendered:
+    # Comments name nodes as picograd.dump / PICOGRAD_DEBUG=3 print this graph (%12; inputs by their argument).
+    num = {**GraphView(sched.outputs).name, **{id(n): f"in{i}" for i, n in enumerate(sched.inputs)}}
+    names: dict[int, str] = {}
+    for i, n in enumerate(sched.inputs):
+        names[id(n)] = f"in{i}"
+    for j, n in enumerate(sched.out_buffers):
+        names[id(n)] = f"out{j}"
+    slots, arenas = plan_scratch(sched)
+    views: dict[int, str] = {}
+    for t, n in enumerate(sched.intermediates):
+        names[id(n)] = f"t{t}"
+        arena, off, size = slots[id(n)]
+        views[id(n)] = f"t{t} = {arena}[{off}:{off + size}]"
+    args = [f"in{i}" for i in range(len(sched.inputs))] + [f"out{j}" for j in range(len(sched.out_buffers))]
+    args += sorted(arenas)
+    sig = ", ".join(args)
+    r = ProgramRenderer(sched, names, num)
+    codes = [r.kernel(k) for k in sched.kernels]
+    kernel_sources: dict[str, str] = {}
+    funcs: list[str] = []
+    entry = [f"@{HEADER.format(par='')}", f"def program({sig}):"]
+    declared: set[int] = set()
+    kernel_args: dict[str, list[int]] = {}
+    for c in codes:
+        k = c.kernel
+        used = [n for n in k.inputs + k.outputs if id(n) in views]
+        # a kernel function takes only the buffers it touches: each array argument costs compile time (unboxing)
+        touched = {slots[id(n)][0] if id(n) in views else names[id(n)] for n in k.inputs + k.outputs}
+        params = [a for a in args if a in touched]
+        kernel_args[k.name] = [args.index(a) for a in params]
+        head = [f"    {views[id(n)]}" for n in used]
+        desc = ", ".join(node_label(o, num) for o in k.outputs)
+        fn = [f"@{HEADER.format(par=', parallel=True' if c.parallel else '')}", f"def {k.name}({', '.join(params)}):",
+              f'    """{k.kind} over [{",".join(map(str, k.domain))}] -> {desc}"""', *head]
+        fn += ["    " + ln for ln in c.body] or ["    pass"]
+        src = "\n".join(fn)
+        kernel_sources[k.name] = src
+        funcs.append(src)
+        entry.append(f"    # ---- {k.name}: {desc}")
+        if c.parallel:
+            entry.append(f"    {k.name}({', '.join(params)})")
+            continue
+        for n in used:
+            if id(n) not in declared:
+                declared.add(id(n))
+                entry.append(f"    {views[id(n)]}")
+        entry += ["    " + ln for ln in c.body]
+    if len(entry) == 2:
+        entry.append("    pass")
+    header = [f'"""picograd program {title}: {len(sched.kernels)} kernels (generated; edits are overwritten)."""',
+              "import math", "", "import numpy as np", "from numba import njit, prange  # noqa: F401", "",
+              "from picograd.codegen.blas import gemm  # noqa: F401", "",
+              f"FASTMATH = {FASTMATH}",
+              f"RAND_GOLDEN = np.uint64({ops.RAND_GOLDEN})", f"RAND_MUL1 = np.uint64({ops.RAND_MUL1})",
+              f"RAND_MUL2 = np.uint64({ops.RAND_MUL2})", f"MASK32 = np.uint64({ops.MASK32})",
+              "U8, U15, U16 = np.uint64(8), np.uint64(15), np.uint64(16)", *r.consts.lines, ""]
+    source = "\n".join(header) + "\n\n" + "\n\n\n".join(funcs + ["\n".join(entry)]) + "\n"
+    return Rendered(source, kernel_sources, args, arenas, any(c.parallel for c in codes), kernel_args)

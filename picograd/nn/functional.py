@@ -1,0 +1,207 @@
+"""Functional forms of the layers and the losses (torch.nn.functional's names and conventions).
+
+Everything here builds IR, so it works lazily (one compiled program per step) and in eager mode
+alike. The per-step hot paths (linear, relu, log_softmax, nll_loss, cross_entropy) build their nodes
+through nn._graph, skipping the general Tensor ops' per-call overhead; the rest uses Tensor ops.
+Class-index targets need no gather primitive: a one-hot mask is made from `iota` compared with the
+targets, and a masked sum picks each row's entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ir import build as B
+from ..ir.node import Node
+from ..tensor import Tensor
+from . import _graph as G
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# ---- activations --------------------------------------------------------------------------------
+def relu(x: Tensor) -> Tensor:
+    return Tensor(G.relu(x.node)) if x.dtype.kind == "f" else x.relu()
+
+
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    return x.leaky_relu(negative_slope)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return x.sigmoid()
+
+
+def tanh(x: Tensor) -> Tensor:
+    return x.tanh()
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    return x.softmax(dim)
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    if x.ndim != 2 or dim not in (1, -1) or x.dtype.kind != "f":
+        return x.log_softmax(dim)
+    z = _shifted(x.node)  # the nodes Tensor.log_softmax builds, without its per-op overhead
+    lse = B.unary("log", B.reduce("reduce_sum", B.unary("exp", z), (1,)))
+    return Tensor(B.add(z, B.expand(B.neg(lse), z.shape)))
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p). The mask comes from the
+    in-program counter RNG (seeded by picograd.manual_seed), so lazy and eager runs draw the same one."""
+    return x.dropout(p, training)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias, with weight of shape (out_features, in_features) as in PyTorch."""
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape {weight.shape} "
+                         "(expected (..., in_features) and (out_features, in_features))")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias of shape {bias.shape} does not match {weight.shape[0]} out_features")
+    if x.ndim == 2 and x.dtype == weight.dtype and (bias is None or bias.dtype == weight.dtype):
+        return Tensor(G.linear(x.node, weight.node, None if bias is None else bias.node))
+    out = x @ weight.T  # batched or mixed-dtype input: the general ops broadcast and promote
+    return out if bias is None else out + bias
+
+
+def one_hot(target: Any, num_classes: int) -> Tensor:
+    """(N,) integer class indices -> (N, num_classes) float32 one-hot rows (no gradient)."""
+    t = _index_target("one_hot", target, None)
+    return Tensor(G.class_mask(t.node, num_classes)).float()
+
+
+# ---- losses -------------------------------------------------------------------------------------
+def nll_loss(input: Tensor, target: Any, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood of (N, C) log-probabilities at (N,) integer class targets.
+
+    With weight (C,), 'mean' divides by the summed weights of the targets, as PyTorch does."""
+    _check_reduction("nll_loss", reduction)
+    x = _check_logits("nll_loss", input)
+    t = _index_target("nll_loss", target, x)
+    mask = G.class_mask(t.node, x.shape[1])
+    return _weighted("nll_loss", Tensor(B.neg(G.masked_row_sum(mask, x.node))), mask, weight, x, reduction)
+
+
+def cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """log_softmax + nll_loss fused: loss_i = logsumexp(x_i) - x_i[target_i], computed after
+    subtracting the row max, so it is stable for any logits. target: (N,) class indices, or (N, C)
+    class probabilities (float)."""
+    _check_reduction("cross_entropy", reduction)
+    x = _check_logits("cross_entropy", input)
+    zn = _shifted(x.node)
+    lse = B.reshape(B.unary("log", B.reduce("reduce_sum", B.unary("exp", zn), (1,))), (x.shape[0],))
+    if (target.dtype if isinstance(target, Tensor) else np.asarray(target).dtype).kind == "f":
+        p = _same_shape_target("cross_entropy", x, target)
+        if weight is not None:
+            p = p * _check_weight("cross_entropy", weight, x)
+        # sum_c p_c * (lse - z_c), written so the (N, C) log-softmax is never formed.
+        loss = Tensor(lse) * p.sum(1) - (p * Tensor(zn)).sum(1)
+        return _reduce(loss, reduction)
+    t = _index_target("cross_entropy", target, x)
+    mask = G.class_mask(t.node, x.shape[1])
+    return _weighted("cross_entropy", Tensor(G.sub(lse, G.masked_row_sum(mask, zn))), mask, weight, x, reduction)
+
+
+def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    _check_reduction("mse_loss", reduction)
+    t = _same_shape_target("mse_loss", input, target)
+    d = input - t
+    return _reduce(d * d, reduction)
+
+
+def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """BCE of probabilities in [0, 1]. Like PyTorch, each log is clamped at -100 so p = 0 or 1 gives a
+    finite loss."""
+    _check_reduction("binary_cross_entropy", reduction)
+    t = _same_shape_target("binary_cross_entropy", input, target)
+    loss = -(t * input.log().maximum(-100.0) + (1.0 - t) * (1.0 - input).log().maximum(-100.0))
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor | None = None,
+                                     reduction: str = "mean", pos_weight: Tensor | None = None) -> Tensor:
+    """sigmoid + BCE fused and stable for any logit: max(x, 0) - x*t + log(1 + exp(-|x|)).
+    pos_weight (broadcast over the last axis) scales the positive term, as in PyTorch."""
+    _check_reduction("binary_cross_entropy_with_logits", reduction)
+    x = input
+    t = _same_shape_target("binary_cross_entropy_with_logits", x, target)
+    softplus_neg = (1.0 + (-x.abs()).exp()).log()  # log(1 + exp(-|x|)), never overflows
+    if pos_weight is None:
+        loss = x.relu() - x * t + softplus_neg
+    else:
+        lw = 1.0 + (pos_weight - 1.0) * t
+        loss = (1.0 - t) * x + lw * (softplus_neg + (-x).relu())
+    if weight is not None:
+        loss = loss * weight
+    return _reduce(loss, reduction)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _check_reduction(op: str, reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_logits(op: str, x: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: input must be a Tensor, got {type(x).__name__}")
+    if x.ndim != 2 or x.dtype.kind != "f":
+        raise ValueError(f"{op}: input must be a float (N, C) tensor, got {x.dtype}{list(x.shape)}")
+    return x
+
+
+def _index_target(op: str, target: Any, x: Tensor | None) -> Tensor:
+    t = target if isinstance(target, Tensor) else Tensor(np.asarray(target), requires_grad=False,
+                                                         device=x.device if x is not None else "cpu")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{op}: class targets must be integers, got {t.dtype}{list(t.shape)}")
+    if t.ndim != 1 or (x is not None and t.shape[0] != x.shape[0]):
+        want = f"({x.shape[0]},) for input {x.shape}" if x is not None else "(N,)"
+        raise ValueError(f"{op}: class targets must have shape {want}, got {t.shape}")
+    return t
+
+
+def _shifted(x: Node) -> Node:
+    """x minus its (detached) row max: exp() of it cannot overflow, and the max needs no gradient."""
+    m = B.reduce("reduce_max", B.unary("detach", x), (1,))
+    return B.add(x, B.expand(B.neg(m), x.shape))
+
+
+def _check_weight(op: str, weight: Any, x: Tensor) -> Tensor:
+    if not isinstance(weight, Tensor) or weight.shape != (x.shape[1],):
+        got = weight.shape if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"{op}: weight must be a ({x.shape[1]},) Tensor (one per class), got {got}")
+    return weight
+
+
+def _weighted(op: str, loss: Tensor, mask: Node, weight: Tensor | None, x: Tensor, reduction: str) -> Tensor:
+    if weight is None:
+        return _reduce(loss, reduction)
+    w = _check_weight(op, weight, x)
+    wt = Tensor(G.masked_row_sum(mask, G.broadcast(w.node, x.shape)))  # the weight of each row's target class
+    loss = loss * wt
+    return loss.sum() / wt.sum() if reduction == "mean" else _reduce(loss, reduction)
+
+
+def _same_shape_target(op: str, x: Tensor, target: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: input must be a Tensor, got {type(x).__name__}")
+    t = target if isinstance(target, Tensor) else Tensor(np.asarray(target), dtype=x.dtype, requires_grad=False,
+                                                         device=x.device)
+    if t.shape != x.shape:
+        raise ValueError(f"{op}: target shape {t.shape} differs from input shape {x.shape}")
+    if t.dtype != x.dtype:
+        t = t.cast(x.dtype)
+    return t
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return Tensor(G.mean(loss.node)) if loss.dtype.kind == "f" else loss.mean()
+    return loss.sum() if reduction == "sum" else loss

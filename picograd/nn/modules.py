@@ -1,0 +1,362 @@
+"""Layers: Module (parameter/submodule registry, state_dict, train/eval, device moves) and the
+PyTorch-style building blocks. A parameter is a Tensor with requires_grad=True: backward() realizes
+its gradient in the same program as the step. Other Tensor attributes are persistent buffers."""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import tensor as _tensor
+from ..ir.node import Buffer, buffer_node
+from ..tensor import Tensor
+from . import functional as F
+
+
+def Parameter(data: Any, dtype: Any = None, device: str = "cpu") -> Tensor:
+    """A trainable tensor: requires_grad=True, so Module registers it as a parameter."""
+    return Tensor(data, dtype=dtype, requires_grad=True, device=device)
+
+
+def _set_data(t: Tensor, data: Any, device: str) -> None:
+    """Replace t's value in place (a fresh buffer leaf), keeping the Tensor object that optimizers and
+    modules hold. Not lazy: it is a host-side load, not a step of the program."""
+    arr = np.require(np.asarray(data), dtype=t.dtype, requirements="C")
+    if device not in _tensor.to_device:
+        raise ValueError(f"to: unknown device {device!r} (available: {sorted(_tensor.to_device)})")
+    t.node = buffer_node(Buffer(_tensor.to_device[device](arr), device))
+    if t._rg is not False:
+        t.node.buffer.leaf = weakref.ref(t)
+
+
+class Module:
+    """Base class. Assigning a Tensor or Module attribute registers it (in assignment order);
+    `__call__` runs `forward`."""
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_kinds", {})  # name -> "param" | "buffer" | "module"
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        kinds = self.__dict__.get("_kinds")
+        if kinds is None:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        kinds.pop(name, None)
+        if isinstance(value, Module):
+            kinds[name] = "module"
+        elif isinstance(value, Tensor):
+            kinds[name] = "param" if value._rg is True else "buffer"
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._kinds.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, t: Tensor) -> None:
+        """Persistent, non-trainable state (saved in state_dict, moved by to())."""
+        setattr(self, name, t)
+        self._kinds[name] = "buffer"
+
+    def register_parameter(self, name: str, t: Tensor) -> None:
+        t.requires_grad = True
+        setattr(self, name, t)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    # ---- traversal --------------------------------------------------------------------------------
+    def _named(self, kind: str) -> Iterator[tuple[str, Any]]:
+        return ((n, self.__dict__[n]) for n, k in self._kinds.items() if k == kind)
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        return self._named("module")
+
+    def children(self) -> Iterator[Module]:
+        return (m for _, m in self.named_children())
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, m in self.named_children():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        return (m for _, m in self.named_modules())
+
+    def _named_tensors(self, kinds: tuple[str, ...]) -> Iterator[tuple[str, Tensor]]:
+        seen: set[int] = set()  # a tensor shared by two modules is listed once, like PyTorch
+        for prefix, m in self.named_modules():
+            for name, k in m._kinds.items():
+                t = m.__dict__[name]
+                if k in kinds and id(t) not in seen:
+                    seen.add(id(t))
+                    yield (f"{prefix}.{name}" if prefix else name), t
+
+    def named_parameters(self) -> Iterator[tuple[str, Tensor]]:
+        return self._named_tensors(("param",))
+
+    def parameters(self) -> Iterator[Tensor]:
+        return (t for _, t in self.named_parameters())
+
+    def named_buffers(self) -> Iterator[tuple[str, Tensor]]:
+        return self._named_tensors(("buffer",))
+
+    def buffers(self) -> Iterator[Tensor]:
+        return (t for _, t in self.named_buffers())
+
+    # ---- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Name -> numpy array copy of every parameter and buffer (realized first, as one program)."""
+        items = list(self._named_tensors(("param", "buffer")))
+        _tensor.realize(*(t for _, t in items))
+        return {name: t.numpy() for name, t in items}
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> tuple[list[str], list[str]]:
+        """Copy arrays (or Tensors, or an np.load'ed .npz) into the parameters and buffers in place, so
+        optimizers holding them see the new values. Returns (missing, unexpected) keys; with strict,
+        any of those or a shape mismatch raises."""
+        own = dict(self._named_tensors(("param", "buffer")))
+        keys = list(state.keys())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in keys if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for name in keys:
+            if name not in own:
+                continue
+            t, v = own[name], state[name]
+            arr = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+            if arr.shape != t.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {arr.shape} in the checkpoint, "
+                                 f"{t.shape} in the model")
+            _set_data(t, arr, t.device)
+        return missing, unexpected
+
+    def train(self, mode: bool = True) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def to(self, device: str) -> Module:
+        """Move every parameter and buffer to device, in place (the Tensor objects stay the same)."""
+        for _, t in self._named_tensors(("param", "buffer")):
+            if t.device != device:
+                _set_data(t, t.numpy(), device)
+        return self
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def __repr__(self) -> str:
+        lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self.named_children()]
+        extra = self.extra_repr()
+        if not lines:
+            return f"{type(self).__name__}({extra})"
+        return f"{type(self).__name__}({extra}\n" + "\n".join(lines) + "\n)"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write name -> array (a state_dict) as an uncompressed .npz: plain arrays, no pickle."""
+    np.savez(path, **{k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in state.items()})
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a .npz written by save(); refuses pickled objects."""
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+# ---- layers -------------------------------------------------------------------------------------
+class Linear(Module):
+    """y = x @ weight.T + bias; weight (out_features, in_features) as in PyTorch, initialised like
+    PyTorch's default: weight and bias ~ U(-1/sqrt(in_features), 1/sqrt(in_features))."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: str = "cpu") -> None:
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+        self.weight = _tensor.uniform(out_features, in_features, low=-bound, high=bound, requires_grad=True,
+                                      device=device)
+        self.bias = (_tensor.uniform(out_features, low=-bound, high=bound, requires_grad=True, device=device)
+                     if bias else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Sequential(Module):
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        for i, m in enumerate(layers):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: argument {i} is a {type(m).__name__}, not a Module")
+            setattr(self, str(i), m)
+
+    def forward(self, x: Any) -> Any:
+        for m in self.children():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self.children())[i]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.children())
+
+    def __iter__(self) -> Iterator[Module]:
+        return self.children()
+
+
+class ModuleList(Module):
+    def __init__(self, modules: Iterable[Module] = ()) -> None:
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, m: Module) -> ModuleList:
+        setattr(self, str(len(self)), m)
+        return self
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self.children())[i]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.children())
+
+    def __iter__(self) -> Iterator[Module]:
+        return self.children()
+
+
+class Identity(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Flatten(Module):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(self.start_dim, self.end_dim)
+
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.leaky_relu(self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.sigmoid()
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.tanh()
+
+
+class Softmax(Module):
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.softmax(self.dim)
+
+
+class LogSoftmax(Module):
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.log_softmax(x, self.dim)
+
+
+class Dropout(Module):
+    """Active in train(), the identity in eval(). The mask is drawn inside the compiled program."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.dropout(self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# ---- losses as modules --------------------------------------------------------------------------
+class _Loss(Module):
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        F._check_reduction(type(self).__name__, reduction)
+        self.reduction = reduction
+
+
+class NLLLoss(_Loss):
+    def __init__(self, weight: Tensor | None = None, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.weight = weight
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.nll_loss(input, target, self.weight, self.reduction)
+
+
+class CrossEntropyLoss(NLLLoss):
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.cross_entropy(input, target, self.weight, self.reduction)
+
+
+class MSELoss(_Loss):
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.mse_loss(input, target, self.reduction)
+
+
+class BCELoss(NLLLoss):
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.binary_cross_entropy(input, target, self.weight, self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    def __init__(self, weight: Tensor | None = None, reduction: str = "mean", pos_weight: Tensor | None = None):
+        super().__init__(reduction)
+        self.weight, self.pos_weight = weight, pos_weight
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, self.reduction, self.pos_weight)

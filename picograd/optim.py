@@ -1,0 +1,231 @@
+"""Optimizers whose update is IR: step() builds each parameter's new value (and new optimizer state)
+as lazy `assign`s, which the next realize() computes in the same program as forward and backward.
+
+What may change between steps without changing the program (and so without recompiling) enters as
+runtime scalars: fresh 0-d float32 buffers each step (learning rate, Adam's bias corrections). Fixed
+hyperparameters (momentum, betas, eps, weight decay) are constants of the program."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .ir import build as B
+from .ir.node import Node, phase
+from .nn import _graph as G
+from .tensor import Tensor, zeros_like
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
+
+
+class Optimizer:
+    """Base: parameter groups (lists of dicts as in PyTorch, or one iterable of Tensors), per-parameter
+    state Tensors, zero_grad(), step(), state_dict()."""
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.defaults = defaults
+        self.param_groups: list[dict[str, Any]] = []
+        for g in groups:
+            group = {**defaults, **g, "params": list(g["params"])}
+            for p in group["params"]:
+                if not isinstance(p, Tensor) or p.dtype.kind != "f":
+                    raise TypeError(f"{type(self).__name__}: parameters must be float Tensors, got "
+                                    f"{getattr(p, 'dtype', type(p).__name__)}")
+                if p._rg is not True:
+                    raise ValueError(f"{type(self).__name__}: parameter of shape {p.shape} does not have "
+                                     "requires_grad=True, so its gradient would never be computed")
+            self._check(group)
+            self.param_groups.append(group)
+        self.state: dict[int, dict[str, Tensor]] = {}  # id(param) -> named state tensors
+        self.steps = 0
+
+    def _check(self, group: dict[str, Any]) -> None:
+        if group["lr"] < 0:
+            raise ValueError(f"{type(self).__name__}: invalid learning rate {group['lr']}")
+
+    @property
+    def lr(self) -> float:
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """Set every group's learning rate; it is a runtime scalar, so nothing recompiles."""
+        for g in self.param_groups:
+            g["lr"] = float(value)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    def step(self) -> None:
+        """Build the update of every parameter that has a gradient, as lazy assigns."""
+        self.steps += 1
+        with phase("update"):
+            for group in self.param_groups:
+                scalars = _Scalars(self._scalars(group))
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update(p, p.grad.node, group, scalars, self._state(p))
+
+    def _state(self, p: Tensor) -> dict[str, Tensor]:
+        st = self.state.get(id(p))
+        if st is None:
+            st = self.state[id(p)] = {name: zeros_like(p, requires_grad=False) for name in self._state_names()}
+        return st
+
+    # Subclasses: the state tensors per parameter, the per-step host scalars, and the update itself.
+    def _state_names(self) -> tuple[str, ...]:
+        return ()
+
+    def _scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _update(self, p: Tensor, g: Node, group: dict[str, Any], s: _Scalars, state: dict[str, Tensor]) -> None:
+        """Assign p (and its state) their new values, built from p's gradient node g."""
+        raise NotImplementedError
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Flat name -> array (npz-friendly): the step count, each group's learning rate, and each
+        parameter's state, keyed by the parameter's position."""
+        out: dict[str, np.ndarray] = {"steps": np.array(self.steps, np.int64)}
+        for j, g in enumerate(self.param_groups):
+            out[f"group{j}.lr"] = np.array(g["lr"], np.float64)
+        for i, p in enumerate(self._all_params()):
+            for name, t in self.state.get(id(p), {}).items():
+                out[f"param{i}.{name}"] = t.numpy()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(np.asarray(state["steps"]))
+        for j, g in enumerate(self.param_groups):
+            if f"group{j}.lr" in state:
+                g["lr"] = float(np.asarray(state[f"group{j}.lr"]))
+        for i, p in enumerate(self._all_params()):
+            for name in self._state_names():
+                key = f"param{i}.{name}"
+                if key in state:
+                    arr = np.asarray(state[key], dtype=p.dtype)
+                    if arr.shape != p.shape:
+                        raise ValueError(f"load_state_dict: {key} has shape {arr.shape}, parameter has {p.shape}")
+                    self._state(p)[name] = Tensor(arr, requires_grad=False, device=p.device)
+
+    def _all_params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+
+class _Scalars:
+    """One step's runtime scalars, each made (as a fresh 0-d buffer) and broadcast once per dtype,
+    device and shape, and only if an update asks for it."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+        self.nodes: dict[tuple, Node] = {}
+
+    def __call__(self, name: str, like: Node) -> Node:
+        key = (name, like.dtype.str, like.device, like.shape)
+        n = self.nodes.get(key)
+        if n is None:
+            base = self.nodes.get(key[:3])
+            if base is None:
+                base = self.nodes[key[:3]] = G.scalar(self.values[name], like.dtype, like.device or "cpu")
+            n = self.nodes[key] = G.broadcast(base, like.shape)
+        return n
+
+
+class SGD(Optimizer):
+    """p -= lr * g, with optional L2 weight_decay, momentum (PyTorch's form, dampening) and nesterov."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: momentum ({momentum}) and weight_decay ({weight_decay}) must be >= 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov))
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if any(g["momentum"] for g in self.param_groups) else ()
+
+    def _scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        # PyTorch's first momentum step takes the gradient undamped; later ones scale it by 1-dampening.
+        damp = 1.0 if self.steps == 1 else 1.0 - group["dampening"]
+        return {"neg_lr": -group["lr"], "damp": damp}
+
+    def _update(self, p: Tensor, g: Node, group: dict[str, Any], s: _Scalars, state: dict[str, Tensor]) -> None:
+        x = p.node
+        if group["weight_decay"]:
+            g = B.add(g, B.mul(x, G.const(group["weight_decay"], x.dtype, x.shape)))
+        mu = group["momentum"]
+        if mu:
+            buf = state["momentum_buffer"]
+            # The buffer starts at zero, so without dampening step 1 gives buf = g exactly, as in PyTorch.
+            new = B.add(B.mul(buf.node, G.const(mu, x.dtype, x.shape)),
+                        B.mul(g, s("damp", x)) if group["dampening"] else g)
+            buf.assign(Tensor(new))
+            g = B.add(g, B.mul(new, G.const(mu, x.dtype, x.shape))) if group["nesterov"] else new
+        p.assign(Tensor(B.add(x, B.mul(g, s("neg_lr", x)))))
+
+
+class Adam(Optimizer):
+    """Adam (PyTorch's formula): p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps). weight_decay adds L2 to
+    the gradient; AdamW decouples it."""
+
+    decoupled = False
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: eps ({eps}) and weight_decay ({weight_decay}) must be >= 0")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def _scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        # Bias corrections are host arithmetic on the step count: one scalar each per step.
+        b1, b2 = group["betas"]
+        t = self.steps
+        return {"neg_step_size": -group["lr"] / (1.0 - b1**t), "inv_sqrt_bc2": 1.0 / math.sqrt(1.0 - b2**t),
+                "decay": 1.0 - group["lr"] * group["weight_decay"]}
+
+    def _update(self, p: Tensor, g: Node, group: dict[str, Any], s: _Scalars, state: dict[str, Tensor]) -> None:
+        x = p.node
+        b1, b2 = group["betas"]
+        wd = group["weight_decay"]
+
+        def c(v: float) -> Node:
+            return G.const(v, x.dtype, x.shape)
+
+        if wd and not self.decoupled:
+            g = B.add(g, B.mul(x, c(wd)))
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m_new = B.add(B.mul(m.node, c(b1)), B.mul(g, c(1.0 - b1)))
+        v_new = B.add(B.mul(v.node, c(b2)), B.mul(B.mul(g, g), c(1.0 - b2)))
+        m.assign(Tensor(m_new))
+        v.assign(Tensor(v_new))
+        denom = B.add(B.mul(B.unary("sqrt", v_new), s("inv_sqrt_bc2", x)), c(group["eps"]))
+        step = B.mul(B.mul(m_new, B.unary("recip", denom)), s("neg_step_size", x))
+        base = B.mul(x, s("decay", x)) if wd and self.decoupled else x
+        p.assign(Tensor(B.add(base, step)))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p *= 1 - lr*weight_decay before the Adam step."""
+
+    decoupled = True
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)

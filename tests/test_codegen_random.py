@@ -1,0 +1,203 @@
+"""Random graphs through the compiled path: hypothesis draws DAGs of broadcasts, reductions, movement ops
+(permute, reshape, expand, slices with any step, the pads their gradients make), matmuls and elementwise
+chains; their values and the gradients of a random weighting of them, compiled, must equal eager numpy.
+
+Several graphs share one realize (one program per example), so a CI run checks >= 200 graphs while compiling
+a quarter as many programs. PICOGRAD_RANDOM_GRAPHS sets the number of graphs (e.g. 2000 for a long run)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import picograd as pg
+from picograd import Tensor
+from picograd.codegen import cache
+
+GRAPHS = int(os.environ.get("PICOGRAD_RANDOM_GRAPHS", "200"))
+PER_EXAMPLE = 4
+CHECKED = {"graphs": 0}
+
+UNARY = ["neg", "exp_tanh", "log1p_abs", "sqrt_abs", "sin", "cos", "tanh", "relu", "sigmoid", "recip"]
+BINARY = ["add", "sub", "mul", "maximum", "minimum", "where_gt", "div"]
+OPS = UNARY + BINARY + ["sum", "max", "mean", "permute", "reshape", "expand", "slice", "matmul", "flip"]
+
+
+@st.composite
+def recipes(draw) -> dict:
+    """A graph as data (replayable lazily and eagerly): input shapes, then steps over earlier values."""
+    rank = draw(st.integers(1, 3))
+    base = tuple(draw(st.integers(1, 5)) for _ in range(rank))
+    shapes = [base] + [tuple(1 if draw(st.booleans()) else s for s in base) for _ in range(draw(st.integers(0, 2)))]
+    steps = []
+    avail = [s for s in shapes]
+    for _ in range(draw(st.integers(1, 7))):
+        op = draw(st.sampled_from(OPS))
+        i = draw(st.integers(0, len(avail) - 1))
+        shape = avail[i]
+        arg: object = None
+        if op in BINARY:
+            j = draw(st.integers(0, len(avail) - 1))
+            try:
+                out = np.broadcast_shapes(shape, avail[j])
+            except ValueError:
+                continue
+            arg = j
+        elif op in ("sum", "max", "mean"):
+            if not shape:
+                continue
+            axes = tuple(sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1))))
+            keep = draw(st.booleans())
+            arg = (axes, keep)
+            out = tuple(1 if a in axes else s for a, s in enumerate(shape)) if keep else tuple(
+                s for a, s in enumerate(shape) if a not in axes)
+        elif op == "permute":
+            arg = tuple(draw(st.permutations(range(len(shape)))))
+            out = tuple(shape[p] for p in arg)
+        elif op == "reshape":
+            n = int(np.prod(shape))
+            divs = [d for d in range(1, n + 1) if n % d == 0]
+            d = draw(st.sampled_from(divs))
+            arg = draw(st.sampled_from([(n,), (d, n // d), (n // d, 1, d)]))
+            out = arg
+        elif op == "expand":
+            if not shape:
+                continue
+            arg = tuple(draw(st.integers(2, 3)) if s == 1 else s for s in shape)
+            out = arg
+        elif op in ("slice", "flip"):
+            if not shape:
+                continue
+            ax = draw(st.integers(0, len(shape) - 1))
+            n = shape[ax]
+            if op == "flip":
+                sl = (ax, None, None, -1)
+            else:
+                start = draw(st.integers(-n, n - 1))
+                stop = draw(st.one_of(st.none(), st.integers(-n, n)))
+                step = draw(st.sampled_from([1, 2, 3, -1, -2]))
+                sl = (ax, start, stop, step)
+            arg = sl
+            out = list(shape)
+            out[ax] = len(range(*slice(*sl[1:]).indices(n)))
+            out = tuple(out)
+            if 0 in out:
+                continue
+        elif op == "matmul":
+            if len(shape) != 2:
+                continue
+            arg = draw(st.booleans())  # x @ x.T or x.T @ x
+            out = (shape[0], shape[0]) if arg else (shape[1], shape[1])
+        else:
+            out = shape
+        steps.append((op, i, arg))
+        avail.append(out)
+    return {"shapes": shapes, "steps": steps, "n_out": draw(st.integers(1, 3)), "seed": draw(st.integers(0, 2**16))}
+
+
+def apply(op: str, x: Tensor, arg: object, vals: list[Tensor]) -> Tensor:
+    if op == "neg":
+        return -x
+    if op == "exp_tanh":
+        return x.tanh().exp()
+    if op == "log1p_abs":
+        return (x.abs() + 1).log()
+    if op == "sqrt_abs":
+        return (x.abs() + 0.5).sqrt()
+    if op in ("sin", "cos", "tanh", "relu", "sigmoid"):
+        return getattr(x, op)()
+    if op == "recip":
+        return 1.0 / (x.abs() + 1)
+    if op in BINARY:
+        y = vals[arg]
+        if op == "add":
+            return x + y
+        if op == "sub":
+            return x - y
+        if op == "mul":
+            return x * y
+        if op == "maximum":
+            return x.maximum(y)
+        if op == "minimum":
+            return x.minimum(y)
+        if op == "where_gt":
+            return pg.where(x > y, x, y * 0.5)
+        return x / (y.abs() + 1)
+    if op in ("sum", "max", "mean"):
+        axes, keep = arg
+        return getattr(x, op)(axis=axes, keepdims=keep)
+    if op == "permute":
+        return x.permute(*arg) if arg else x
+    if op == "reshape":
+        return x.reshape(*arg)
+    if op == "expand":
+        return x.expand(*arg)
+    if op in ("slice", "flip"):
+        ax, start, stop, step = arg
+        idx = [slice(None)] * len(x.shape)
+        idx[ax] = slice(start, stop, step)
+        return x[tuple(idx)]
+    if op == "matmul":
+        return x @ x.T if arg else x.T @ x
+    raise AssertionError(op)
+
+
+def replay(recipe: dict, eager: bool) -> list[np.ndarray]:
+    """Build the graph, weight the last n_out values randomly, differentiate; return values and gradients."""
+    rng = np.random.default_rng(recipe["seed"])
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in recipe["shapes"]]
+    with pg.eager(eager):
+        ins = [Tensor(a, requires_grad=True) for a in arrays]
+        vals = list(ins)
+        for op, i, arg in recipe["steps"]:
+            vals.append(apply(op, vals[i], arg, vals))
+        outs = vals[-recipe["n_out"]:]
+        total = None
+        for o in outs:
+            w = Tensor(rng.standard_normal(o.shape).astype(np.float32))
+            term = (o * w).sum()
+            total = term if total is None else total + term
+        total.backward()
+        return outs + [t.grad if t.grad is not None else pg.zeros(*t.shape) for t in ins]
+
+
+@settings(max_examples=max(1, -(-GRAPHS // PER_EXAMPLE)), suppress_health_check=list(HealthCheck), deadline=None)
+@given(st.lists(recipes(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
+def test_random_graphs_compiled_match_eager(monkeypatch_env, batch) -> None:
+    lazy = [replay(r, eager=False) for r in batch]
+    before = cache.cache_stats()
+    pg.realize(*[t for ts in lazy for t in ts])  # every graph of the example in one program
+    after = cache.cache_stats()
+    assert after["hits"] + after["misses"] == before["hits"] + before["misses"] + 1
+    for recipe, got in zip(batch, lazy, strict=True):
+        want = replay(recipe, eager=True)
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=2e-4, atol=2e-5,
+                                       err_msg=f"value {k} of {recipe}")
+        CHECKED["graphs"] += 1
+
+
+def test_enough_random_graphs_were_checked() -> None:
+    if CHECKED["graphs"] == 0:
+        import pytest
+
+        pytest.skip("run together with test_random_graphs_compiled_match_eager")
+    assert CHECKED["graphs"] >= GRAPHS
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def monkeypatch_env():
+    """The cpu backend for the whole example (hypothesis reuses function-scoped fixtures across examples)."""
+    old = os.environ.get("PICOGRAD_BACKEND")
+    os.environ["PICOGRAD_BACKEND"] = "cpu"
+    yield
+    if old is None:
+        os.environ.pop("PICOGRAD_BACKEND", None)
+    else:
+        os.environ["PICOGRAD_BACKEND"] = old

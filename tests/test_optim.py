@@ -1,0 +1,213 @@
+"""picograd.optim: each optimizer's first steps equal a hand-written numpy reference (lazy and
+eager); the update is realized in the same program as forward and backward, and a changing learning
+rate or step count leaves that program's structure (its cache key) unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import picograd as pg
+from picograd import nn, optim
+from picograd.eager import evaluate
+from picograd.ir.node import structural_key
+from picograd.nn import functional as F
+from picograd.realize import register_backend
+
+RNG = np.random.default_rng(0)
+W0 = RNG.standard_normal((3, 4)).astype(np.float32)
+TARGET = RNG.standard_normal((3, 4)).astype(np.float32)
+LRS = [0.1, 0.1, 0.05, 0.02]  # the rate changes mid-run: a runtime scalar
+
+
+def _grad(w: np.ndarray) -> np.ndarray:
+    return np.tanh(w) - TARGET  # gradient of the loss below
+
+
+def _loss(w: pg.Tensor) -> pg.Tensor:
+    # d/dw of log(cosh(w)) is tanh(w): a non-quadratic loss, so later steps see new gradients.
+    return ((w.exp() + (-w).exp()) * 0.5).log().sum() - (w * pg.Tensor(TARGET)).sum()
+
+
+def sgd_ref(lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False) -> Iterator[np.ndarray]:
+    w, buf = W0.copy(), None
+    for lr_t in LRS:
+        g = _grad(w)
+        if weight_decay:
+            g = g + np.float32(weight_decay) * w
+        if momentum:
+            buf = g.copy() if buf is None else np.float32(momentum) * buf + np.float32(1 - dampening) * g
+            g = g + np.float32(momentum) * buf if nesterov else buf
+        w = w - np.float32(lr_t) * g
+        yield w
+
+
+def adam_ref(lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False) -> Iterator[np.ndarray]:
+    w = W0.copy()
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    b1, b2 = betas
+    for t, lr_t in enumerate(LRS, 1):
+        g = _grad(w)
+        if weight_decay and not decoupled:
+            g = g + np.float32(weight_decay) * w
+        if weight_decay and decoupled:
+            w = w * np.float32(1 - lr_t * weight_decay)
+        m = np.float32(b1) * m + np.float32(1 - b1) * g
+        v = np.float32(b2) * v + np.float32(1 - b2) * g * g
+        denom = np.sqrt(v) / np.float32(np.sqrt(1 - b2**t)) + np.float32(eps)
+        w = w - np.float32(lr_t / (1 - b1**t)) * m / denom
+        yield w
+
+
+CASES = [
+    ("SGD", dict(), sgd_ref),
+    ("SGD", dict(momentum=0.9), sgd_ref),
+    ("SGD", dict(momentum=0.8, dampening=0.3, weight_decay=0.01), sgd_ref),
+    ("SGD", dict(momentum=0.9, nesterov=True, weight_decay=0.1), sgd_ref),
+    ("Adam", dict(), adam_ref),
+    ("Adam", dict(betas=(0.8, 0.9), eps=1e-3, weight_decay=0.1), adam_ref),
+    ("AdamW", dict(), lambda lr, **kw: adam_ref(lr, weight_decay=1e-2, decoupled=True, **kw)),
+    ("AdamW", dict(weight_decay=0.5), lambda lr, **kw: adam_ref(lr, decoupled=True, **kw)),
+]
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+@pytest.mark.parametrize("name, kw, ref", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_first_steps_match_numpy_reference(name, kw, ref, eager: bool) -> None:
+    with pg.eager(eager):
+        w = pg.Tensor(W0, requires_grad=True)
+        opt = getattr(optim, name)([w], lr=LRS[0], **kw)
+        for lr_t, want in zip(LRS, ref(LRS[0], **kw), strict=True):
+            opt.lr = lr_t
+            loss = _loss(w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()
+            np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_matches_torch_optimizers() -> None:
+    torch = pytest.importorskip("torch")
+    for name, kw, _ in CASES:
+        w = pg.Tensor(W0, requires_grad=True)
+        tw = torch.tensor(W0, requires_grad=True)
+        opt, topt = getattr(optim, name)([w], lr=0.1, **kw), getattr(torch.optim, name)([tw], lr=0.1, **kw)
+        for _ in range(4):
+            loss = _loss(w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()
+            tl = torch.log(torch.cosh(tw)).sum() - (tw * torch.tensor(TARGET)).sum()
+            topt.zero_grad()
+            tl.backward()
+            topt.step()
+        np.testing.assert_allclose(w.numpy(), tw.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{name} {kw}")
+
+
+@pytest.fixture
+def programs(monkeypatch) -> list[tuple]:
+    """Each realize's (structural key, number of inputs), run by the numpy interpreter."""
+    seen: list[tuple] = []
+
+    def record(nodes):
+        key, inputs = structural_key(nodes)
+        seen.append((key, len(inputs)))
+        return evaluate(nodes)
+
+    register_backend("recording", record)
+    monkeypatch.setenv("PICOGRAD_BACKEND", "recording")
+    return seen
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.1),
+    lambda ps: optim.Adam(ps, lr=1e-2),
+    lambda ps: optim.AdamW(ps, lr=1e-2),
+], ids=["sgd", "adam", "adamw"])
+def test_one_program_per_step_with_a_stable_key(programs, make_opt) -> None:
+    pg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, 3))
+    opt = make_opt(model.parameters())
+    x, y = RNG.standard_normal((4, 6)).astype(np.float32), np.array([0, 2, 1, 2])
+    for step in range(5):
+        opt.lr = 0.1 / (step + 1)  # new lr and bias corrections each step: values, not structure
+        loss = F.cross_entropy(model(pg.Tensor(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+        assert len(programs) == step + 1  # loss, gradients and every update: one realize
+        assert all(p.node.op == "buffer" for p in model.parameters())  # history cut: no growth
+    assert len({key for key, _ in programs}) == 1  # step 1 included: the same program every step
+
+
+def test_params_without_grad_are_skipped_and_zero_grad_clears() -> None:
+    a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(W0, requires_grad=True)
+    opt = optim.Adam([a, b], lr=0.1)
+    (a * a).sum().backward()
+    opt.step()
+    pg.realize()
+    assert not np.allclose(a.numpy(), W0)
+    np.testing.assert_array_equal(b.numpy(), W0)
+    assert a.grad is not None
+    opt.zero_grad()
+    assert a.grad is None and b.grad is None
+
+
+def test_param_groups_have_their_own_learning_rate() -> None:
+    a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(W0, requires_grad=True)
+    opt = optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    pg.realize()
+    np.testing.assert_allclose(a.numpy(), W0 - 0.1, rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), W0 - 0.5, rtol=1e-6)
+
+
+def test_state_dict_resumes_exactly(tmp_path) -> None:
+    def run(opt, w, steps):
+        for _ in range(steps):
+            loss = _loss(w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()
+
+    w = pg.Tensor(W0, requires_grad=True)
+    opt = optim.Adam([w], lr=0.05)
+    run(opt, w, 2)
+    path = tmp_path / "opt.npz"
+    nn.save({**opt.state_dict(), "w": w.numpy()}, path)
+    run(opt, w, 2)
+    ck = nn.load(path)
+    w2 = pg.Tensor(ck.pop("w"), requires_grad=True)
+    opt2 = optim.Adam([w2], lr=1.0)
+    opt2.load_state_dict(ck)
+    assert opt2.steps == 2 and opt2.lr == 0.05
+    run(opt2, w2, 2)
+    np.testing.assert_array_equal(w2.numpy(), w.numpy())
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: optim.SGD([], lr=0.1), ValueError, "SGD: got an empty parameter list"),
+    (lambda: optim.SGD([pg.Tensor(W0, requires_grad=False)], lr=0.1), ValueError, "requires_grad=True"),
+    (lambda: optim.SGD([pg.Tensor(np.arange(3))], lr=0.1), TypeError, "float Tensors, got int64"),
+    (lambda: optim.SGD([pg.Tensor(W0, requires_grad=True)], lr=-1.0), ValueError, "invalid learning rate -1.0"),
+    (lambda: optim.SGD([pg.Tensor(W0, requires_grad=True)], nesterov=True), ValueError, "nesterov"),
+    (lambda: optim.Adam([pg.Tensor(W0, requires_grad=True)], betas=(0.9, 1.0)), ValueError, "betas"),
+])
+def test_bad_arguments(call, exc, match) -> None:
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_update_nodes_are_tagged_update_and_float32() -> None:
+    w = pg.Tensor(W0, requires_grad=True)
+    opt = optim.Adam([w])
+    _loss(w).backward()
+    opt.step()
+    assert w.node.tag == "update" and w.node.dtype == np.float32
