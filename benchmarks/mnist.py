@@ -98,24 +98,29 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
     return res
 
 
-def _calibrate() -> float:
-    """Median seconds of a fixed sgemm (the small MLP's first matmul): a busy machine shows here."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((128, 784), np.float32), rng.random((784, 128), np.float32)
-    ts = []
-    for _ in range(50):
-        t = time.perf_counter()
-        a @ b
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds used by the whole machine, by this process) so far; None where /proc/stat is missing."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def _others_cores(before: tuple[float, float] | None, after: tuple[float, float] | None, wall: float) -> float:
+    """Average number of cores that other processes kept busy during a run (0 when it can't be told)."""
+    if before is None or after is None or wall <= 0:
+        return 0.0
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall)
 
 
 def run_model(model: str, trainers: list[str], data: tuple, epochs: int, seed: int, device: str) -> dict:
     cfg = CONFIGS[model]
     results: dict[str, dict] = {}
     for name in trainers:
-        load = os.getloadavg()[0]
-        cal0 = _calibrate()
+        cpu0 = _cpu_seconds()
         kw = dict(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, device=device)
         t = time.perf_counter()
         try:
@@ -126,9 +131,9 @@ def run_model(model: str, trainers: list[str], data: tuple, epochs: int, seed: i
         except Exception as e:  # one trainer failing (e.g. a peer without this device) must not end the run
             print(f"  {name}: failed, left out ({type(e).__name__}: {str(e).splitlines()[0][:200]})", flush=True)
             continue
-        cal1 = _calibrate()
+        wall = time.perf_counter() - t
         per_epoch = r["s_per_epoch"][1:] or r["s_per_epoch"]
-        r.update(wall_s=time.perf_counter() - t, load_before=load, calibration_drift=cal1 / cal0,
+        r.update(wall_s=wall, others_cores=_others_cores(cpu0, _cpu_seconds(), wall),
                  epoch_spread=max(per_epoch) / min(per_epoch))
         results[name] = r
         print(f"  {name}: {r['ms_per_step']:.3f} ms/step, test acc {100 * r['test_acc']:.2f}% "
@@ -151,13 +156,12 @@ def report(model: str, results: dict[str, dict], epochs: int) -> list[str]:
         label = {"lazy": "picograd lazy", "eager": "picograd eager"}.get(name, name)
         ratio = f"{r['ms_per_step'] / fastest:.2f}x" if fastest else "-"
         build = f"{r['build_ms']:.3f}" if "build_ms" in r else ""
-        busy = r["load_before"] > 0.7 or r["calibration_drift"] > 1.3 or r["epoch_spread"] > 1.3
+        busy = r["others_cores"] > 0.2 or r["epoch_spread"] > 1.3
         print(f"{label:16s} {r['ms_per_step']:8.3f} {statistics.median(r['s_per_epoch']):8.2f} "
               f"{r['compile_s']:10.2f} {ratio:>14s} {100 * r['test_acc']:8.2f}% {build:>9s}{'  *' if busy else ''}")
         if busy:
-            warnings.append(f"{model}/{label}: machine busy? load average {r['load_before']:.2f} before the run, "
-                            f"sgemm calibration drift x{r['calibration_drift']:.2f}, "
-                            f"epoch times spread x{r['epoch_spread']:.2f}")
+            warnings.append(f"{model}/{label}: other processes kept {r['others_cores']:.2f} of {os.cpu_count()} "
+                            f"cores busy; epoch times spread x{r['epoch_spread']:.2f}")
     if "lazy" in results and "eager" in results:
         a, b = np.array(results["lazy"]["losses"]), np.array(results["eager"]["losses"])
         print(f"lazy vs eager, first {len(a)} step losses: max relative difference "

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
                 opt.step()
                 total += loss.item()  # realizes loss, gradients and the update: one program
                 n += 1
-                if epoch == 1 and n == 1:
+                if epoch == 1 and n == 1 and not args.eager:
                     tqdm.write(f"first step {time.perf_counter() - t0:.2f} s (builds and compiles the step's "
                                "program, or loads it from the cache)")
                 if n % 50 == 0:

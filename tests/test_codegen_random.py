@@ -180,6 +180,29 @@ def test_random_graphs_compiled_match_eager(monkeypatch_env, batch) -> None:
         CHECKED["graphs"] += 1
 
 
+@settings(max_examples=6, suppress_health_check=list(HealthCheck), deadline=None)
+@given(st.lists(recipes(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
+def test_random_graphs_through_parallel_kernels(monkeypatch_env, batch) -> None:
+    """The same check with every kernel of over 16 elements rendered as a parallel (prange) kernel, so the
+    sliced buffers and blocked parallel reductions of large shapes are exercised on small ones."""
+    from picograd.codegen import cpu
+
+    old, saved = cpu.PARALLEL_MIN, dict(cache._programs)
+    cpu.PARALLEL_MIN = 16
+    cache._programs.clear()  # the memory cache is keyed by graph, not by this setting
+    try:
+        lazy = [replay(r, eager=False) for r in batch]
+        pg.realize(*[t for ts in lazy for t in ts])
+    finally:
+        cpu.PARALLEL_MIN = old
+        cache._programs.clear()
+        cache._programs.update(saved)
+    for recipe, got in zip(batch, lazy, strict=True):
+        want = replay(recipe, eager=True)
+        for k, (g, w) in enumerate(zip(got, want, strict=True)):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=2e-4, atol=2e-5, err_msg=f"value {k} of {recipe}")
+
+
 def test_enough_random_graphs_were_checked() -> None:
     if CHECKED["graphs"] == 0:
         import pytest

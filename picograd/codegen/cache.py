@@ -315,6 +315,9 @@ def _compile(entry: Any, sig: tuple, path: Path) -> bool:
 
 
 def build(roots: list[Node], inputs: list[Node], key_hash: str) -> Program:
+    from . import threads
+
+    threads.configure()  # before any parallel kernel can launch
     sched = schedule(roots, inputs)
     rendered = cpu.render_program(sched, key_hash)
     source = _salt() + rendered.source

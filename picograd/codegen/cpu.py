@@ -26,7 +26,7 @@ from ..ir import ops
 from ..ir.node import Node
 from ..ir.printer import GraphView
 from . import indexing as ix
-from .cpu_expr import Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
+from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
 from .schedule import Kernel, Schedule, matmul_operands
 
 PARALLEL_MIN = int(os.environ.get("PICOGRAD_PARALLEL_MIN", 1 << 17))  # elements; smaller loops stay serial
@@ -71,7 +71,7 @@ class ProgramRenderer:
             for s in k.stores:
                 v = loop.value(s, _index_for(idx, k.domain, s.shape), ())
                 flat = ix.flat_index(idx, k.domain, loop.nd)
-                loop.stmts.append(Stmt([f"{self.names[id(s)]}[", flat, f"] = {v.text}"], v.dims | flat.used(),
+                loop.stmts.append(Stmt([BufRef(self.names[id(s)], flat), f" = {v.text}"], v.dims | flat.used(),
                                        f"store {node_label(s, self.num)}"))
             reds = []
             for r in k.reduces:
@@ -87,7 +87,7 @@ class ProgramRenderer:
             for s in k.post:
                 v = loop.value(s, _index_for(idx, k.out_shape, s.shape), ())
                 flat = ix.flat_index(idx, k.out_shape, loop.nd)
-                loop.stmts.append(Stmt([f"{self.names[id(s)]}[", flat, f"] = {v.text}"], v.dims | flat.used(),
+                loop.stmts.append(Stmt([BufRef(self.names[id(s)], flat), f" = {v.text}"], v.dims | flat.used(),
                                        f"store {node_label(s, self.num)}"))
             lines += self.nest(loop, None, [], _prod(k.out_shape) >= PARALLEL_MIN)
         return KernelCode(k, lines, parallel and any("prange(" in ln for ln in lines))
@@ -123,8 +123,8 @@ class ProgramRenderer:
         blocked: set = set()
         for st in loop.stmts:
             for part in st.parts:
-                if isinstance(part, ix.Cond):
-                    part = part.e
+                if isinstance(part, (ix.Cond, BufRef)):
+                    part = part.e if isinstance(part, ix.Cond) else part.ix
                 if isinstance(part, ix.Ix):
                     if part.affine:
                         used.append(part)
@@ -147,6 +147,20 @@ class ProgramRenderer:
         while t > 0 and gred[t - 1]:
             t -= 1
         vector_mode = any(gred[:t])  # some reduced loop encloses kept ones: accumulate into the output row
+        par_outer = parallel and ng > 0 and not gred[0] and gsize[0] > 1
+        # a single large innermost reduced loop runs in blocks (partial sums); in parallel if it is the whole nest
+        blocked_red = bool(reds) and t == ng - 1 and gsize[t] > BLOCK
+        par_blocks = parallel and blocked_red and t == 0
+        # Inside a prange body, LLVM cannot tell that an index built on the prange variable is non-negative and
+        # leaves the inner loops scalar (measured 4-7x slower). So buffers are sliced at the prange variable's
+        # offset there, and inner loops index the slice from 0, which vectorizes as serial code does.
+        split = None
+        if par_outer and ng > 1:
+            split = (groups[0][-1], f"i{groups[0][0]}", None)
+        elif par_blocks:
+            v = f"i{groups[0][0]}"
+            split = (groups[0][-1], f"{v}_o", f"{v}_i")
+        slices: dict[str, str] = {}  # slice variable -> its definition
         by_depth: dict[int, list[str]] = {}
 
         def put(depth: int, text: str) -> None:
@@ -154,20 +168,40 @@ class ProgramRenderer:
 
         index_vars: dict[str, str] = {}  # index arithmetic shared by several loads/stores is computed once
 
-        def part_text(pt, dims: frozenset) -> str:
-            if isinstance(pt, str):
-                return pt
-            text = pt.render(names)
-            if isinstance(pt, ix.Ix) and (" + " in text or " * " in text or "//" in text or "%" in text):
+        def index_text(e: ix.Ix) -> str:
+            text = e.render(names)
+            if " + " in text or " * " in text or "//" in text or "%" in text:
                 var = index_vars.get(text)
                 if var is None:
                     var = index_vars[text] = self.fresh("j")
-                    put(depth_of(pt.used()), f"{var} = {text}")
+                    put(depth_of(e.used()), f"{var} = {text}")
                 return var
             return text
 
+        def ref_text(ref: BufRef) -> str:
+            e = ref.ix
+            if split is not None and e.affine and e.coefs[split[0]]:
+                axis, outer, inner = split
+                c = e.coefs[axis]
+                name = f"{ref.buf}_s{c if c != 1 else ''}"
+                slices.setdefault(name, f"{name} = {ref.buf}[{outer}{f' * {c}' if c != 1 else ''}:]")
+                rest = ix.Ix(tuple(0 if d == axis else k for d, k in enumerate(e.coefs)), e.const)
+                text = rest.render(names)
+                if inner is not None:
+                    term = inner if c == 1 else f"{inner} * {c}"
+                    text = term if text == "0" else f"{term} + {text}"
+                return f"{name}[{text}]"
+            return f"{ref.buf}[{index_text(e)}]"
+
+        def part_text(pt) -> str:
+            if isinstance(pt, str):
+                return pt
+            if isinstance(pt, BufRef):
+                return ref_text(pt)
+            return pt.render(names) if isinstance(pt, ix.Cond) else index_text(pt)
+
         for st in loop.stmts:
-            text = "".join(part_text(pt, st.dims) for pt in st.parts)
+            text = "".join(part_text(pt) for pt in st.parts)
             if st.comment:
                 text += f"  # {st.comment}"
             put(depth_of(st.dims), text)
@@ -176,15 +210,13 @@ class ProgramRenderer:
         for r, v in reds:
             buf = self.names[id(r)]
             init = self.consts.get(init_value(r.op, r.dtype), r.dtype)
-            target = f"{buf}[{out_idx[id(r)].render(names)}]"
+            target = ref_text(BufRef(buf, out_idx[id(r)]))
             if vector_mode:
                 pre.append(f"{buf}[:] = {init}  # init {node_label(r, self.num)}")
             accs.append((self.fresh("acc"), init, r, v.text, target))
+        if split is not None and split[2] is None:  # sliced at the prange variable: first thing in its body
+            by_depth[1] = list(slices.values()) + by_depth.get(1, [])
         lines = list(pre)
-        par_outer = parallel and ng > 0 and not gred[0] and gsize[0] > 1
-        # a single large innermost reduced loop runs in blocks (partial sums); in parallel if it is the whole nest
-        blocked_red = bool(accs) and t == ng - 1 and gsize[t] > BLOCK
-        par_blocks = parallel and blocked_red and t == 0
 
         def finish(indent: str) -> None:
             for acc, _, r, _, target in accs:
@@ -227,6 +259,8 @@ class ProgramRenderer:
             for acc, init, *_ in accs:
                 lines.append(f"{inner}{acc}_b = {init}")
             lines.append(f"{inner}{var}_o = {var}_b * {BLOCK}")
+            if par_blocks:
+                lines.extend(inner + d for d in slices.values())
             lines.append(f"{inner}for {var}_i in range(min({BLOCK}, {n} - {var}_o)):")
             lines.append(f"{inner}    {var} = {var}_o + {var}_i")
             for text in by_depth.get(t + 1, []):

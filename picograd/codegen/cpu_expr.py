@@ -33,9 +33,20 @@ def node_label(n: Node, num: dict[int, str]) -> str:
     return f"{num.get(id(n), '%?')} {n.op} {short(n.dtype)}[{','.join(map(str, n.shape))}]"
 
 
+@dataclass(frozen=True)
+class BufRef:
+    """`buf[ix]`: an element of a flat buffer (a load or a store), rendered after loop collapsing."""
+
+    buf: str
+    ix: ix.Ix
+
+    def used(self) -> frozenset:
+        return self.ix.used()
+
+
 @dataclass
 class Stmt:
-    parts: list  # str | ix.Ix | ix.Cond, rendered after loop collapsing
+    parts: list  # str | ix.Ix | ix.Cond | BufRef, rendered after loop collapsing
     dims: frozenset
     comment: str = ""
     acc: bool = False  # an accumulation: always in the innermost loop
@@ -141,9 +152,9 @@ class Loop:
             dims = flat.used().union(*(c.used() for c in conds))
             if conds:
                 zero = p.consts.get(0, n.dtype)
-                parts = [f"{buf}[", flat, "] if ", *_join_conds(conds), f" else {zero}"]
+                parts = [BufRef(buf, flat), " if ", *_join_conds(conds), f" else {zero}"]
             else:
-                parts = [f"{buf}[", flat, "]"]
+                parts = [BufRef(buf, flat)]
             return self.let(parts, dims, f"load {label}")
         if op == ops.CONST:
             return Val(p.consts.get(n.arg, n.dtype), frozenset(), np.array(n.arg, dtype=n.dtype))
