@@ -229,7 +229,7 @@ def _salt() -> str:
     from .. import __version__
     from . import blas
 
-    flags = f"parallel_min={cpu.PARALLEL_MIN} block={cpu.BLOCK} fastmath={cpu.FASTMATH}"
+    flags = f"parallel_min={cpu.PARALLEL_MIN} block={cpu.BLOCK} fastmath={cpu.FASTMATH}"  # the rest is in the source
     # numba's cache doesn't see changes to callees in other files: the gemm intrinsic's source is in the key
     blas_hash = hashlib.sha256(Path(blas.__file__).read_bytes()).hexdigest()[:12]
     return f"# picograd {__version__}, numba {numba.__version__}, numpy {np.__version__}, {flags}, blas {blas_hash}\n"
