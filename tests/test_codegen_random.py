@@ -3,7 +3,8 @@
 chains; their values and the gradients of a random weighting of them, compiled, must equal eager numpy.
 
 Several graphs share one realize (one program per example), so a CI run checks >= 200 graphs while compiling
-a quarter as many programs. PICOGRAD_RANDOM_GRAPHS sets the number of graphs (e.g. 2000 for a long run)."""
+a quarter as many programs. PICOGRAD_RANDOM_GRAPHS sets the number of graphs (e.g. 2000 for a long run),
+PICOGRAD_PARALLEL_EXAMPLES the examples of the variant that renders every kernel as a parallel one."""
 
 from __future__ import annotations
 
@@ -180,7 +181,8 @@ def test_random_graphs_compiled_match_eager(monkeypatch_env, batch) -> None:
         CHECKED["graphs"] += 1
 
 
-@settings(max_examples=6, suppress_health_check=list(HealthCheck), deadline=None)
+@settings(max_examples=int(os.environ.get("PICOGRAD_PARALLEL_EXAMPLES", "6")), suppress_health_check=list(HealthCheck),
+          deadline=None)
 @given(st.lists(recipes(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
 def test_random_graphs_through_parallel_kernels(monkeypatch_env, batch) -> None:
     """The same check with every kernel of over 16 elements rendered as a parallel (prange) kernel, so the

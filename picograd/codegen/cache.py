@@ -35,6 +35,7 @@ from .schedule import Kernel, schedule
 
 # Numba compiles ~2-4 ms per IR op; far bigger graphs run on the numpy interpreter instead (see prepare).
 MAX_COMPILE_NODES = int(os.environ.get("PICOGRAD_MAX_COMPILE_NODES", "3000"))
+MAX_PROGRAMS = int(os.environ.get("PICOGRAD_MAX_PROGRAMS", "512"))  # compiled programs kept in memory
 _EXPAND = object()  # memory-cache marker: this structure must be keyed after autodiff (see run_graph)
 _programs: dict[tuple, Any] = {}
 _stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "compile_s": 0.0}
@@ -371,6 +372,8 @@ def _lookup(todo: list[Node], key: tuple, inputs: list[Node], has_grad: bool) ->
     else:
         _stats["misses"] += 1
     _programs[key] = prog
+    if len(_programs) > MAX_PROGRAMS:  # each holds scratch arenas and recycled outputs: bound the memory
+        del _programs[next(iter(_programs))]  # the oldest; if it comes back it loads from disk
     return prog, prog.from_cache == "disk"
 
 

@@ -184,12 +184,17 @@ class ProgramRenderer:
 
         def ref_text(ref: BufRef) -> str:
             e = ref.ix
-            if split is not None and e.affine and e.coefs[split[0]]:
+            if split is not None and e.affine and e.coefs[split[0]] > 0:
                 axis, outer, inner = split
                 c = e.coefs[axis]
+                rest = ix.Ix(tuple(0 if d == axis else k for d, k in enumerate(e.coefs)), e.const)
+                # Only where the slice start (c * outer >= 0) and the index into it (rest >= 0) are both
+                # non-negative for every element, read or not: a negative index would wrap around (a pad's
+                # guarded load, a flipped axis), so those keep the plain flat index.
+                if ix.bounds(rest, sizes)[0] < 0:
+                    return f"{ref.buf}[{index_text(e)}]"
                 name = f"{ref.buf}_s{c if c != 1 else ''}"
                 slices.setdefault(name, f"{name} = {ref.buf}[{outer}{f' * {c}' if c != 1 else ''}:]")
-                rest = ix.Ix(tuple(0 if d == axis else k for d, k in enumerate(e.coefs)), e.const)
                 text = rest.render(names)
                 if inner is not None:
                     term = inner if c == 1 else f"{inner} * {c}"
