@@ -164,7 +164,7 @@ def _reads(n: Node, start: list[Node], is_boundary) -> tuple[dict[int, list], li
     """Walk the inlined tree from `start` (computed at n's loop index) down to the boundary.
 
     Returns ({id(d): [d, identity]} for every boundary node d read, identity meaning "read at the loop index"
-    on every path), and the inlined nodes in topological order."""
+    on every path), and the inlined nodes (unordered)."""
     reads: dict[int, list] = {}
     seen: dict[int, bool] = {}  # id -> visited at identity (a False visit covers both)
     inner: dict[int, Node] = {}
@@ -186,13 +186,7 @@ def _reads(n: Node, start: list[Node], is_boundary) -> tuple[dict[int, list], li
         src_ident = ident and (x.op not in MOVEMENT or _unit_reshape(x))
         for s in x.srcs:
             stack.append((s, src_ident))
-    return reads, toposort_subset(inner)
-
-
-def toposort_subset(nodes: dict[int, Node]) -> list[Node]:
-    """The given nodes in a topological order (sources first)."""
-    order = toposort(list(nodes.values()))
-    return [n for n in order if id(n) in nodes]
+    return reads, list(inner.values())
 
 
 def _costs(order: list[Node], R: set[int]) -> dict[int, int]:
@@ -373,14 +367,16 @@ class _Builder:
         for k in self.kernels:
             for o in k.outputs:
                 kernel_of[id(o)] = k
+        position = {id(n): i for i, n in enumerate(self.order)}
+        members: list[dict[int, Node]] = [{} for _ in self.kernels]
+        for r in self.order:
+            ki = self.pos.get(id(r)) if id(r) in self.R else None
+            if ki is not None:
+                members[ki][id(r)] = r
+                for t in self.trees[id(r)]:
+                    members[ki][id(t)] = t
         for k in self.kernels:
-            members: dict[int, Node] = {}
-            for r in self.order:
-                if id(r) in self.R and self.pos.get(id(r)) == k.index:
-                    members[id(r)] = r
-                    for t in self.trees[id(r)]:
-                        members[id(t)] = t
-            k.nodes = [n for n in self.order if id(n) in members]
+            k.nodes = sorted(members[k.index].values(), key=lambda n: position[id(n)])
             k.inputs = [i for i in k.inputs if id(i) not in local]
             _estimate(k)
             dims = "x".join(map(str, k.domain)) or "scalar"
