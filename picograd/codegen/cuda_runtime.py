@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ..ir.shape import prod
+
 INSTALL_HINT = "install the optional extra: pip install -e '.[cuda]' (it brings numba-cuda[cu13])"
 
 
@@ -170,10 +172,7 @@ class CudaArray:
 
     @property
     def size(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return prod(self.shape)
 
     @property
     def nbytes(self) -> int:

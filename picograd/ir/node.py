@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
+from .shape import prod
 
 
 class Buffer:
@@ -52,10 +53,7 @@ class Node:
 
     @property
     def size(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return prod(self.shape)
 
 
 _table: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

@@ -203,7 +203,20 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class Sequential(Module):
+class _Container(Module):
+    """Submodules registered under "0", "1", ...: indexing, length and iteration for Sequential and ModuleList."""
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self.children())[i]
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.children())
+
+    def __iter__(self) -> Iterator[Module]:
+        return self.children()
+
+
+class Sequential(_Container):
     def __init__(self, *layers: Module) -> None:
         super().__init__()
         for i, m in enumerate(layers):
@@ -216,17 +229,8 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def __getitem__(self, i: int) -> Module:
-        return list(self.children())[i]
 
-    def __len__(self) -> int:
-        return sum(1 for _ in self.children())
-
-    def __iter__(self) -> Iterator[Module]:
-        return self.children()
-
-
-class ModuleList(Module):
+class ModuleList(_Container):
     def __init__(self, modules: Iterable[Module] = ()) -> None:
         super().__init__()
         for m in modules:
@@ -235,15 +239,6 @@ class ModuleList(Module):
     def append(self, m: Module) -> ModuleList:
         setattr(self, str(len(self)), m)
         return self
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self.children())[i]
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.children())
-
-    def __iter__(self) -> Iterator[Module]:
-        return self.children()
 
 
 class Identity(Module):
