@@ -11,7 +11,9 @@ is cached on disk under $PICOGRAD_CACHE_DIR/cuda (default ~/.cache/picograd/cuda
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,21 +79,29 @@ def _to_device(arr: np.ndarray) -> CudaArray:
     return rt.to_device(arr)
 
 
-def _input(n: Node) -> Any:
-    data = n.buffer.data
-    if isinstance(data, CudaArray):
-        return data
-    if n.buffer.device == "cuda":  # e.g. a result computed on the host in eager mode
-        return rt.to_device(np.asarray(data))
-    raise ValueError(f"cuda: a {n.buffer.device} tensor {n.dtype}{list(n.shape)} is an input of a cuda program; "
-                     "move it with .to('cuda') first")
+def _check_input(n: Node) -> None:
+    if not isinstance(n.buffer.data, CudaArray) and n.buffer.device != "cuda":
+        raise ValueError(f"cuda: a {n.buffer.device} tensor {n.dtype}{list(n.shape)} is an input of a cuda program; "
+                         "move it with .to('cuda') first")
+
+
+def _run(prog: Any, arrays: list[Any]) -> list[CudaArray]:
+    _stats["runs"] += 1
+    # A host array on a cuda tensor is e.g. a result computed on the host in eager mode: copy it over.
+    return prog.run([a if isinstance(a, CudaArray) else rt.to_device(np.asarray(a)) for a in arrays])
 
 
 _EXPAND = object()  # this structure must be keyed after autodiff (a realized node hides part of the graph)
 
 
 def run_nodes(todo: list[Node]) -> list[CudaArray]:
-    """The "cuda" backend: compute the nodes (one program) and return device arrays.
+    """The "cuda" backend: compute the nodes (one program) and return device arrays."""
+    run, inputs = prepare_nodes(todo)
+    return run([n.buffer.data for n in inputs])
+
+
+def prepare_nodes(todo: list[Node]) -> tuple[Callable[[list[Any]], list[CudaArray]], list[Node]]:
+    """(run, inputs): the program computing todo, as a function of its input nodes' data (for picograd.jit).
 
     Like the "cpu" backend, the cache key is taken on the graph as built, grad placeholders included, so
     a cached training step skips autodiff; the program records which of the key's inputs it reads."""
@@ -109,9 +119,11 @@ def run_nodes(todo: list[Node]) -> list[CudaArray]:
         _stats["compiles"] += 1
     else:
         _stats["hits"] += 1
-    prog, slots = entry
-    _stats["runs"] += 1
-    return prog.run([_input(inputs[i]) for i in slots])
+    run, slots = entry
+    used = [inputs[i] for i in slots]
+    for n in used:
+        _check_input(n)
+    return run, used
 
 
 def _build(todo: list[Node], key: Any, inputs: list[Node], has_grad: bool
@@ -128,11 +140,13 @@ def _build(todo: list[Node], key: Any, inputs: list[Node], has_grad: bool
         _programs[key] = _EXPAND
         key, inputs, _, _ = graph_key(roots)
         pos = {id(n): i for i, n in enumerate(inputs)}
-    entry = (CudaProgram(roots, used), [pos[id(n)] for n in used])
+    # One runner per program, so a replay can tell (by identity) that it still runs the program it traced.
+    entry = (functools.partial(_run, CudaProgram(roots, used)), [pos[id(n)] for n in used])
     _programs[key] = entry
     return entry, inputs
 
 
 run_nodes.expands_grads = True  # type: ignore[attr-defined]
+run_nodes.prepare = prepare_nodes  # type: ignore[attr-defined]
 to_device["cuda"] = _to_device
 register_backend("cuda", run_nodes)

@@ -7,12 +7,14 @@ hyperparameters (momentum, betas, eps, weight decay) are constants of the progra
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from . import recording
 from .ir import build as B
 from .ir.node import Node, phase
 from .nn import _graph as G
@@ -67,13 +69,17 @@ class Optimizer:
 
     def step(self) -> None:
         """Build the update of every parameter that has a gradient, as lazy assigns."""
-        self.steps += 1
+        self._advance()
+        recording.effect(f"{type(self).__name__}.step", self._advance)  # picograd.jit replays the count too
         with phase("update"):
             for group in self.param_groups:
-                scalars = _Scalars(self._scalars(group))
+                scalars = _Scalars(self, group)
                 for p in group["params"]:
                     if p.grad is not None:
                         self._update(p, p.grad.node, group, scalars, self._state(p))
+
+    def _advance(self) -> None:
+        self.steps += 1
 
     def _state(self, p: Tensor) -> dict[str, Tensor]:
         st = self.state.get(id(p))
@@ -124,11 +130,17 @@ class Optimizer:
 
 class _Scalars:
     """One step's runtime scalars, each made (as a fresh 0-d buffer) and broadcast once per dtype,
-    device and shape, and only if an update asks for it."""
+    device and shape, and only if an update asks for it. Each tells picograd.jit how to compute its next
+    value from the optimizer's state, so a replayed step follows lr changes and the step count."""
 
-    def __init__(self, values: dict[str, float]) -> None:
-        self.values = values
+    def __init__(self, opt: Optimizer, group: dict[str, Any]) -> None:
+        self.opt, self.group = opt, group
+        self.values = opt._scalars(group)
         self.nodes: dict[tuple, Node] = {}
+
+    @staticmethod
+    def value_now(opt: Optimizer, group: dict[str, Any], name: str, dtype: np.dtype) -> np.ndarray:
+        return np.array(opt._scalars(group)[name], dtype=dtype)
 
     def __call__(self, name: str, like: Node) -> Node:
         key = (name, like.dtype.str, like.device, like.shape)
@@ -137,6 +149,8 @@ class _Scalars:
             base = self.nodes.get(key[:3])
             if base is None:
                 base = self.nodes[key[:3]] = G.scalar(self.values[name], like.dtype, like.device or "cpu")
+                recording.producer(f"{type(self.opt).__name__}.{name}", base.buffer,
+                                   functools.partial(self.value_now, self.opt, self.group, name, like.dtype))
             n = self.nodes[key] = G.broadcast(base, like.shape)
         return n
 

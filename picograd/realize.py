@@ -11,7 +11,10 @@ device; the rest to $PICOGRAD_BACKEND (default "cpu").
 A registered backend is fn(roots: list[Node]) -> list of arrays, one per root; it never sees grad
 placeholders (autodiff runs here first). It may call `report(program=..., hit=..., compile_s=...)` while it
 runs to fill in the event that `hooks` receive. The "cpu" backend takes a faster path: it keys its cache on
-the graph as built, so a cached training step skips autodiff altogether."""
+the graph as built, so a cached training step skips autodiff altogether.
+
+A backend with `fn.prepare(roots) -> (run, input_nodes)` can also be replayed by picograd.jit: `run(arrays)`
+computes the roots from the input nodes' data, without the graph."""
 
 from __future__ import annotations
 
@@ -74,9 +77,15 @@ def _debug_module() -> Any:
     return sys.modules.get("picograd.debug")
 
 
-def realize_nodes(nodes: list[Node]) -> None:
-    """Compute every node without a buffer and attach the result to it."""
+def realize_nodes(nodes: list[Node], capture: dict | None = None) -> None:
+    """Compute every node without a buffer and attach the result to it.
+
+    capture (for picograd.jit): filled with "todo" (the nodes computed, in output order), "run" (a function
+    from the input arrays to the outputs, or None where the backend cannot be replayed) and "inputs" (the
+    nodes whose buffers' data `run` takes, in order)."""
     todo = list({id(n): n for n in nodes if n.buffer is None}.values())
+    if capture is not None:
+        capture.update(todo=todo, run=None, inputs=[])
     if not todo:
         return
     device = next((n.device for n in todo if n.device not in (None, "cpu")), None)
@@ -86,9 +95,12 @@ def realize_nodes(nodes: list[Node]) -> None:
     listen, profile = _listening()
     event: dict[str, Any] | None = None
     if name == "cpu" and _backends["cpu"] is _cpu_backend:
-        from .codegen.cache import prepare
+        from .codegen.cache import prepare_nodes
 
-        prog, hit, arrays, expanded = prepare(todo)
+        prog, hit, inputs, expanded = prepare_nodes(todo)
+        arrays = [n.buffer.data for n in inputs]
+        if capture is not None and prog is not None:
+            capture.update(run=prog.run, inputs=inputs)
         t0 = time.perf_counter()
         if prog is None:  # too big to compile: interpret it
             expanded = expand_grads(todo)
@@ -110,7 +122,12 @@ def realize_nodes(nodes: list[Node]) -> None:
         roots = todo if getattr(fn, "expands_grads", False) else expand_grads(todo)
         _report.clear()
         t0 = time.perf_counter()
-        outs = fn(roots)
+        if capture is not None and hasattr(fn, "prepare"):  # a backend that can be replayed: see capture
+            run, inputs = fn.prepare(roots)
+            capture.update(run=run, inputs=inputs)
+            outs = run([n.buffer.data for n in inputs])
+        else:
+            outs = fn(roots)
         if listen:
             event = {"roots": expand_grads(roots), "program": None, "hit": False, "compile_s": 0.0,
                      "run_s": time.perf_counter() - t0, "backend": name, **_report}

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import eager as _eager
+from . import recording
 from .ir import build as B
 from .ir.node import Buffer, Node, buffer_node, phase
 from .ir.shape import broadcast_shapes, prod
@@ -110,8 +111,11 @@ class Tensor(TensorOps):
         owner = node.buffer.leaf() if node.op == "buffer" and node.buffer.leaf is not None else None
         # An op that returns its input's node (x.reshape(x.shape), x[:], sum over no axis) must not take the
         # leaf away from x: backward() would then give the gradient to the view instead of to x.
-        if node.op == "buffer" and requires_grad is not False and owner is None:
-            node.buffer.leaf = weakref.ref(self)
+        if node.op == "buffer":
+            if requires_grad is not False and owner is None:
+                node.buffer.leaf = weakref.ref(self)
+            if node.buffer.owner is None:
+                node.buffer.owner = weakref.ref(self)
         if _state["eager"]:
             _eager.realize_now(node)
 
@@ -222,9 +226,9 @@ class Tensor(TensorOps):
 
     def _dropout_seed(self) -> Node:
         # A fresh uint32 seed buffer per call: its value varies, the program's structure does not.
-        s = (_state["seed"] * 1000003 + _state["counter"] * 7919 + 12345) & 0xFFFFFFFF
-        _state["counter"] += 1
-        return Tensor(np.array(s, dtype=np.uint32), requires_grad=False, device=self.device).node
+        node = Tensor(_next_seed(), requires_grad=False, device=self.device).node
+        recording.producer("dropout.seed", node.buffer, _next_seed)
+        return node
 
     def cast(self, dtype: Any) -> Tensor:
         return Tensor(B.cast(self.node, np.dtype(dtype)))
@@ -252,12 +256,20 @@ class Tensor(TensorOps):
         return dump(self, **kw)
 
 
+def _next_seed() -> np.ndarray:
+    s = (_state["seed"] * 1000003 + _state["counter"] * 7919 + 12345) & 0xFFFFFFFF
+    _state["counter"] += 1
+    return np.array(s, dtype=np.uint32)
+
+
 def _cut_history(t: Tensor) -> None:
     """After an assign is realized the tensor is a plain leaf again, so graphs don't grow across steps."""
     buf = t.node.buffer
     if t.node.op != "buffer":
         buf = Buffer(buf.data, buf.device)
         t.node = buffer_node(buf)
+    if buf.owner is None:
+        buf.owner = weakref.ref(t)
     if t._rg is not False:
         buf.leaf = weakref.ref(t)
 
@@ -278,7 +290,14 @@ def realize(*tensors: Tensor) -> None:
     """Compute the given tensors and everything pending (assigns, tracked gradients) as one program."""
     pending = list(_pending)
     _pending.clear()
-    realize_nodes([t.node for t in tensors] + [t.node for t in pending])
+    nodes = [t.node for t in tensors] + [t.node for t in pending]
+    log = recording.current[0]
+    if log is None:
+        realize_nodes(nodes)
+    else:  # picograd.jit is tracing: keep what it needs to replay this realize
+        capture = {"tensors": tensors, "pending": pending, "nodes": nodes}
+        log.realizes.append(capture)
+        realize_nodes(nodes, capture)
     for t in pending:
         _cut_history(t)
 

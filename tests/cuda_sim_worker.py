@@ -93,8 +93,8 @@ def check_rows(only: list[str] | None) -> dict[str, str]:
     return res
 
 
-def train_mlp(device: str, backend: str, steps: int = 3, sizes=(12, 16, 8, 3), check_resident: bool = False
-              ) -> tuple[list[float], list]:
+def train_mlp(device: str, backend: str, steps: int = 3, sizes=(12, 16, 8, 3), check_resident: bool = False,
+              use_jit: bool = False) -> tuple[list[float], list]:
     """A few Adam steps of a small MLP with dropout; returns losses and final parameters."""
     from picograd import nn, optim
     from picograd.nn import functional as F
@@ -110,14 +110,20 @@ def train_mlp(device: str, backend: str, steps: int = 3, sizes=(12, 16, 8, 3), c
     opt = optim.Adam(model.parameters(), lr=1e-2)
     rng = np.random.default_rng(0)
     losses = []
+
+    def step(x: Tensor, y: Tensor) -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    fn = pg.jit(step) if use_jit else step
+    train_mlp.jit_stats = getattr(fn, "stats", None)
     for _ in range(steps):
         x = rng.standard_normal((5, sizes[0])).astype(np.float32)
         y = rng.integers(0, sizes[-1], 5)
-        opt.zero_grad()
-        loss = F.cross_entropy(model(Tensor(x, device=device)), Tensor(y, device=device))
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(fn(Tensor(x, device=device), Tensor(y, device=device)).item())
         if check_resident:  # parameters, gradients and Adam's state never left the GPU
             state = [t for st in opt.state.values() for t in st.values()]
             for t in list(model.parameters()) + [p.grad for p in model.parameters()] + state:
@@ -139,6 +145,14 @@ def check_mlp() -> dict[str, str]:
         # the first steps compile (Adam's first step differs), a later step of the same structure must hit
         hits, compiles = after["hits"] - before["hits"], after["compiles"] - before["compiles"]
         res["mlp_cache_hit"] = "ok" if hits >= 1 and compiles <= 2 else f"compiles={compiles} hits={hits}"
+        # picograd.jit replays the cuda program (steps 4-6) and stays on the device
+        want_l, want_p = train_mlp("cpu", "numpy", steps=6)
+        got_l, got_p = train_mlp("cuda", "cuda", steps=6, check_resident=True, use_jit=True)
+        np.testing.assert_allclose(got_l, want_l, rtol=1e-4, atol=1e-5)
+        for g, w in zip(got_p, want_p, strict=False):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+        assert train_mlp.jit_stats["replayed"] == 3, train_mlp.jit_stats
+        res["mlp_jit"] = "ok"
     except Exception as e:
         res["mlp_train"] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-4)}"
     return res

@@ -392,6 +392,12 @@ def prepare(todo: list[Node]) -> tuple[Program | None, bool, list[np.ndarray], l
     """Find or build the program for todo and gather its input arrays: (program, hit, arrays, expanded roots
     if expansion happened here). program is None for a graph too big to compile (over MAX_COMPILE_NODES
     nodes): compiling it would cost more than interpreting it many times; the caller interprets it."""
+    prog, hit, inputs, expanded = prepare_nodes(todo)
+    return prog, hit, [n.buffer.data for n in inputs], expanded
+
+
+def prepare_nodes(todo: list[Node]) -> tuple[Program | None, bool, list[Node], list[Node] | None]:
+    """As prepare, with the program's input nodes (in the order run() takes their arrays) instead of arrays."""
     key, inputs, has_grad, opaque = graph_key(todo)
     if len(key[0]) > MAX_COMPILE_NODES:
         _warn_large(len(key[0]))
@@ -401,8 +407,7 @@ def prepare(todo: list[Node]) -> tuple[Program | None, bool, list[np.ndarray], l
         _stats["memory_hits"] += 1
         prog.from_cache, prog.compile_s = "memory", 0.0
         slots = prog.input_slots
-        return prog, True, [n.buffer.data for n in inputs] if slots is None else [inputs[i].buffer.data
-                                                                                  for i in slots], None
+        return prog, True, inputs if slots is None else [inputs[i] for i in slots], None
     expanded = None
     if prog is _EXPAND or (has_grad and opaque):
         from ..ir.autodiff import expand_grads
@@ -417,8 +422,7 @@ def prepare(todo: list[Node]) -> tuple[Program | None, bool, list[np.ndarray], l
         key, inputs, has_grad, _ = graph_key(expanded)
         prog, hit = _lookup(expanded, key, inputs, has_grad)
     slots = prog.input_slots
-    arrays = [n.buffer.data for n in inputs] if slots is None else [inputs[i].buffer.data for i in slots]
-    return prog, hit, arrays, expanded
+    return prog, hit, inputs if slots is None else [inputs[i] for i in slots], expanded
 
 
 def _warn_large(n: int) -> None:

@@ -21,12 +21,16 @@ class Buffer:
     """Realized data. Immutable by convention: an update makes a new Buffer, so every lazy graph that
     read the old one stays valid (no version counters, no read-after-write hazards)."""
 
-    __slots__ = ("data", "device", "leaf", "__weakref__")
+    __slots__ = ("data", "device", "leaf", "owner", "node", "__weakref__")
 
     def __init__(self, data: Any, device: str = "cpu") -> None:
         self.data = data
         self.device = device
         self.leaf: weakref.ref | None = None  # the leaf Tensor that owns it, for backward()
+        # The first Tensor that held it as its value, whatever its requires_grad: picograd.jit replays a step
+        # by reading such tensors' current values instead of the buffers it saw when it traced.
+        self.owner: weakref.ref | None = None
+        self.node: weakref.ref | None = None  # its leaf node (buffer_node), which is unique per Buffer
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -93,8 +97,17 @@ def make(op: str, srcs: tuple[Node, ...], dtype: np.dtype, shape: tuple[int, ...
 
 
 def buffer_node(buf: Buffer) -> Node:
+    """The leaf node holding buf, one per Buffer. Kept on the Buffer (weakly) rather than in the hash-consing
+    table: that is a third of the cost, and a replayed step (picograd.jit) makes a dozen of these."""
+    r = buf.node
+    if r is not None and (n := r()) is not None:
+        return n
     data = buf.data
-    return make(ops.BUFFER, (), np.dtype(data.dtype), tuple(data.shape), buf)
+    n = Node.__new__(Node)
+    n.op, n.srcs, n.dtype, n.shape, n.arg = ops.BUFFER, (), np.dtype(data.dtype), tuple(data.shape), buf
+    n.device, n.buffer, n.tag = buf.device, buf, _phase[-1]
+    buf.node = weakref.ref(n)
+    return n
 
 
 def toposort(roots: Iterable[Node], stop_at_realized: bool = False) -> list[Node]:

@@ -30,6 +30,7 @@ def _set_data(t: Tensor, data: Any, device: str) -> None:
     if device not in _tensor.to_device:
         raise ValueError(f"to: unknown device {device!r} (available: {sorted(_tensor.to_device)})")
     t.node = buffer_node(Buffer(_tensor.to_device[device](arr), device))
+    t.node.buffer.owner = weakref.ref(t)
     if t._rg is not False:
         t.node.buffer.leaf = weakref.ref(t)
 
