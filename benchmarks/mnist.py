@@ -4,7 +4,7 @@
 Every trainer starts from the same initial weights, visits the same batches in the same order and
 reports the same numbers: ms/step (median over epochs; the first step, which carries compilation,
 is left out), s/epoch, compile time (first step minus a median step), the ratio to the fastest peer
-and test accuracy. Models: "mlp" = 784-128-10, SGD lr 0.1, batch 128; "seed" = 784-800-800-10 with
+and test accuracy. Models: "mlp" = 784-128-10, SGD lr 0.1 momentum 0.5, batch 128; "seed" = 784-800-800-10 with
 Dropout(0.5), Adam lr 1e-3, batch 64.
 
     PICOGRAD_DATA=/path/to/data python benchmarks/mnist.py                    # both models, 3 epochs
@@ -35,8 +35,9 @@ from picograd.datasets import MNIST  # noqa: E402
 from picograd.nn import functional as F  # noqa: E402
 from picograd.realize import backend_name  # noqa: E402
 
-# The configurations (peers.MODELS has its own default lr for "mlp"), with the input scaling each
-# trains best with (as in examples/train_mnist.py): standardized for SGD on the MLP, [0, 1] for the seed's model.
+# The configurations, with the input scaling each trains best with (as in examples/train_mnist.py):
+# standardized for SGD on the MLP, [0, 1] for the seed's model. SGD's momentum (0.5 for "mlp") comes from
+# peers.MODELS, so picograd and every peer use the same one.
 CONFIGS = {
     "mlp": dict(lr=0.1, batch_size=128, normalize=True),
     "seed": dict(lr=1e-3, batch_size=64, normalize=False),
@@ -63,7 +64,7 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
     net = nn.Sequential(*layers)
     net.to(device)
     if opt_kind == "sgd":
-        opt: optim.Optimizer = optim.SGD(net.parameters(), lr=lr)
+        opt: optim.Optimizer = optim.SGD(net.parameters(), lr=lr, momentum=peers.sgd_momentum(model, opt_kind))
     else:
         opt = optim.Adam(net.parameters(), lr=lr, betas=peers.ADAM_BETAS, eps=peers.ADAM_EPS)
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)

@@ -108,6 +108,15 @@ def test_example_script_runs(tmp_path, extra: list[str]) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ}, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "epoch  1  train loss" in out.stdout and "test acc" in out.stdout, out.stdout
+    if not extra:  # the MLP config is the default (README states it)
+        assert "784-128-10, sgd lr 0.1 momentum 0.5, batch 128" in out.stdout, out.stdout
     state = nn.load(tmp_path / "ck_mlp.npz")
     assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight"]
     assert state["0.weight"].shape == (128, 784) and state["0.weight"].dtype == np.float32
+
+
+def test_example_script_rejects_momentum_without_sgd() -> None:
+    cmd = [sys.executable, str(ROOT / "examples" / "train_mnist.py"), "--model", "mlp", "--optim", "adam",
+           "--momentum", "0.9"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--momentum applies to --optim sgd only" in out.stderr, out.stderr[-2000:]
