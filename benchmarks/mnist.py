@@ -1,5 +1,5 @@
-"""MNIST training benchmark: picograd (lazy and eager) against the peers in benchmarks/peers.py
-(hand-written numpy, PyTorch eager and jax.jit when installed), side by side in one run.
+"""MNIST training benchmark: picograd (lazy with picograd.jit, lazy without it, eager) against the peers in
+benchmarks/peers.py (hand-written numpy, PyTorch eager and jax.jit when installed), side by side in one run.
 
 Every trainer starts from the same initial weights, visits the same batches in the same order and
 reports the same numbers: ms/step (median over epochs; the first step, which carries compilation,
@@ -43,14 +43,17 @@ CONFIGS = {
     "seed": dict(lr=1e-3, batch_size=64, normalize=False),
 }
 PEERS = ("numpy", "torch", "jax")
-TRAINERS = ("lazy", "eager") + PEERS
+TRAINERS = ("lazy", "plain", "eager") + PEERS
+LABELS = {"lazy": "picograd lazy", "plain": "picograd no-jit", "eager": "picograd eager"}
 
 
 def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                    *, epochs: int = 1, batch_size: int = 128, lr: float | None = None, optim_name: str | None = None,
-                   seed: int = 0, dropout: float | None = None, device: str = "cpu", eager: bool = False) -> dict:
-    """picograd with nn/optim, same protocol and result dict as the peers, plus "build_ms": the median
-    Python time per step spent building the step's graph (everything before loss.item())."""
+                   seed: int = 0, dropout: float | None = None, device: str = "cpu", eager: bool = False,
+                   use_jit: bool = True) -> dict:
+    """picograd with nn/optim, same protocol and result dict as the peers, plus (without jit) "build_ms": the
+    median Python time per step spent building the step's graph (everything before loss.item()).
+    use_jit: the step is a picograd.jit function, as in examples/train_mnist.py; else the plain lazy loop."""
     sizes, opt_kind, lr, p = peers.model_config(model, optim_name, lr, dropout)
     pg.manual_seed(seed)
     init = peers.init_params(sizes, seed)
@@ -68,6 +71,15 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
     else:
         opt = optim.Adam(net.parameters(), lr=lr, betas=peers.ADAM_BETAS, eps=peers.ADAM_EPS)
     x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+
+    def step(x: pg.Tensor, y: pg.Tensor) -> pg.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step_fn = pg.jit(step) if use_jit and not eager else step
     losses: list[float] = []
     build: list[float] = []
     epoch_times, first_step, steps = [], 0.0, 0
@@ -77,13 +89,10 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
             steps = 0
             for idx in peers.batch_orders(len(x_train), batch_size, seed, ep):
                 tb = time.perf_counter()
-                out = net(pg.Tensor(x_train[idx], requires_grad=False, device=device))
-                loss = F.cross_entropy(out, pg.Tensor(y_train[idx], requires_grad=False, device=device))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                loss = step_fn(pg.Tensor(x_train[idx], requires_grad=False, device=device),
+                               pg.Tensor(y_train[idx], requires_grad=False, device=device))
                 build.append(time.perf_counter() - tb)
-                value = loss.item()  # realizes forward, backward and update: one program
+                value = loss.item()  # without jit this realizes forward, backward and update: one program
                 if ep == 0 and steps == 0:
                     first_step = time.perf_counter() - t0
                 if len(losses) < peers.N_LOSSES:
@@ -95,7 +104,8 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
                                for i in range(0, len(x_test), 1000)])
     acc = float(np.mean(pred == y_test))
     res = peers._summarize(epoch_times, first_step, steps, losses, acc)
-    res["build_ms"] = statistics.median(build[1:] or build) * 1e3
+    if step_fn is step:  # with jit the call also runs the program: only the plain loop has a build time to show
+        res["build_ms"] = statistics.median(build[1:] or build) * 1e3
     return res
 
 
@@ -125,8 +135,8 @@ def run_model(model: str, trainers: list[str], data: tuple, epochs: int, seed: i
         kw = dict(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, device=device)
         t = time.perf_counter()
         try:
-            if name in ("lazy", "eager"):
-                r = train_picograd(model, *data, eager=name == "eager", **kw)
+            if name in LABELS:
+                r = train_picograd(model, *data, eager=name == "eager", use_jit=name == "lazy", **kw)
             else:
                 r = peers.PEERS[name](model, *data, **kw)
         except Exception as e:  # one trainer failing (e.g. a peer without this device) must not end the run
@@ -148,13 +158,15 @@ def report(model: str, results: dict[str, dict], epochs: int) -> list[str]:
     sizes, opt_kind, _, p = peers.model_config(model, None, cfg["lr"], None)
     peer_ms = [r["ms_per_step"] for n, r in results.items() if n in PEERS]
     fastest = min(peer_ms) if peer_ms else None
-    print(f"\n{model}: {'-'.join(map(str, sizes))}, {opt_kind} lr {cfg['lr']}, batch {cfg['batch_size']}, "
+    mom = peers.sgd_momentum(model, opt_kind)
+    print(f"\n{model}: {'-'.join(map(str, sizes))}, {opt_kind} lr {cfg['lr']}"
+          f"{f' momentum {mom}' if mom else ''}, batch {cfg['batch_size']}, "
           f"dropout {p}, {epochs} epoch(s); medians over epochs")
     print(f"{'trainer':16s} {'ms/step':>8s} {'s/epoch':>8s} {'compile s':>10s} {'/fastest peer':>14s} "
           f"{'test acc':>9s} {'build ms':>9s}")
     warnings = []
     for name, r in results.items():
-        label = {"lazy": "picograd lazy", "eager": "picograd eager"}.get(name, name)
+        label = LABELS.get(name, name)
         ratio = f"{r['ms_per_step'] / fastest:.2f}x" if fastest else "-"
         build = f"{r['build_ms']:.3f}" if "build_ms" in r else ""
         busy = r["others_cores"] > 0.2 or r["epoch_spread"] > 1.3

@@ -4,9 +4,11 @@ Default: the seed's model, 784-800-800-10 with ReLU, Dropout(0.5), LogSoftmax + 
 batch 64, 10 epochs. `--model mlp` trains 784-128-10 with SGD (lr 0.1, momentum 0.5, batch 128, 5 epochs,
 standardized inputs).
 
-Each training step (forward, backward, optimizer update) is built lazily and realized by `loss.item()`
-as ONE compiled program; from the second step on the program comes from the cache. `--eager` runs the
-same model op by op with numpy instead, for comparison.
+Each training step (forward, backward, optimizer update) is built lazily and realized as ONE compiled
+program. The step is a `picograd.jit` function: after three calls that run its Python (the first compiles),
+later calls replay the compiled program without building the graph again. `--no-jit` runs the plain lazy
+loop (the graph is rebuilt each step and found in the cache); `--eager` runs the same model op by op with
+numpy instead, for comparison.
 
     PICOGRAD_DATA=/path/to/data python examples/train_mnist.py              # the seed's model
     python examples/train_mnist.py --model mlp --epochs 5 --data /path/to/mnist
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", help="MNIST folder (default: $PICOGRAD_DATA/mnist, else ~/.cache/picograd/mnist)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--eager", action="store_true", help="run op by op with numpy instead of compiled programs")
+    ap.add_argument("--no-jit", dest="jit", action="store_false",
+                    help="rebuild each step's graph in Python instead of replaying it with picograd.jit")
     ap.add_argument("--limit", type=int, help="train on the first N samples only (smoke runs)")
     ap.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                     help="standardize inputs with MNIST's mean/std instead of scaling to [0, 1] "
@@ -142,12 +146,22 @@ def main(argv: list[str] | None = None) -> dict:
     # Full batches only: every step has the same shapes, hence the same compiled program.
     loader = DataLoader((x_train, y_train), batch_size=batch_size, shuffle=True, seed=args.seed, drop_last=True,
                         numpy=True)
-    mode = "eager (numpy, op by op)" if args.eager else f"lazy ({backend_name()} backend)"
+    mode = ("eager (numpy, op by op)" if args.eager else
+            f"lazy ({backend_name()} backend{', picograd.jit' if args.jit else ', no jit'})")
     opt_desc = f"{opt_name} lr {lr}" + (f" momentum {momentum}" if opt_name == "sgd" else "")
     print(f"{args.model}: {'-'.join(map(str, sizes))}, {opt_desc}, batch {batch_size}, dropout {dropout}, "
           f"{epochs} epochs, {len(loader)} steps/epoch, inputs {'standardized' if normalize else 'in [0, 1]'}, {mode}, "
           f"device {args.device}")
 
+    def train_step(x: pg.Tensor, y: pg.Tensor) -> pg.Tensor:
+        out = model(x)
+        loss = F.nll_loss(out, y) if use_nll else F.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss  # realized on return, with the gradients and the update: one program
+
+    step = pg.jit(train_step) if args.jit and not args.eager else train_step
     history: dict[str, list[float]] = {"loss": [], "acc": [], "seconds": []}
     t_start = time.perf_counter()
     with pg.eager() if args.eager else contextlib.nullcontext():
@@ -156,13 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
             total, n = 0.0, 0
             bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=0.5, unit="step")
             for xb, yb in bar:
-                out = model(pg.Tensor(xb, requires_grad=False, device=args.device))
-                yt = pg.Tensor(yb, requires_grad=False, device=args.device)
-                loss = F.nll_loss(out, yt) if use_nll else F.cross_entropy(out, yt)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item()  # realizes loss, gradients and the update: one program
+                loss = step(pg.Tensor(xb, requires_grad=False, device=args.device),
+                            pg.Tensor(yb, requires_grad=False, device=args.device))
+                total += loss.item()
                 n += 1
                 if epoch == 1 and n == 1 and not args.eager:
                     tqdm.write(f"first step {time.perf_counter() - t0:.2f} s (builds and compiles the step's "

@@ -24,11 +24,12 @@ How a call runs, per signature of the arguments (shapes, dtypes, devices; other 
   4. on: replayed. Optimizer steps and dropout seeds advance exactly as if the Python had run (they
      register how, in picograd.recording); a learning rate set on the optimizer takes effect.
 
-What a replay cannot see, as with jax.jit: Python state the function reads to decide the graph (model.train()
-vs eval(), hyperparameters other than the learning rate) is frozen at the trace; call `reset()` after
-changing it. Arguments' own `.grad` is not set. Steps that realize inside (e.g. `.item()` in the function),
-or whose records disagree, keep running plainly, with one warning saying why. With PICOGRAD_DEBUG or a
-picograd-dump capture on, calls run plainly so that every step is seen."""
+A module switching between train() and eval() makes the next calls trace again. Other Python state the
+function reads to decide its graph (hyperparameters other than the learning rate, flags of your own) is
+frozen at the trace, as with jax.jit: call `reset()` after changing it. Arguments' own `.grad` is not
+set. Steps that realize inside (e.g. `.item()` in the function), or whose records disagree, keep running
+plainly, with one warning saying why. With PICOGRAD_DEBUG or a picograd-dump capture on, calls run plainly
+so that every step is seen."""
 
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ class jit:
             return self._plain(args, kwargs)
         args, kwargs, flat, key = _bind(args, kwargs)
         entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry()
+        if entry is None or entry.generation != recording.generation[0]:
+            entry = self._entries[key] = _Entry(generation=recording.generation[0])
         if entry.plan is not None:
             out = entry.plan.replay(flat)
             if out is not _STALE:
@@ -125,6 +126,8 @@ class jit:
         finally:
             recording.current[0] = None
         plan = _Plan.make(log, flat, out, returned)
+        if plan is _NOTHING:  # everything it returns was computed before (hash-consing found it): try again later
+            return out
         reason = plan if isinstance(plan, str) else (entry.last.differs(plan) if entry.last is not None else None)
         if reason is not None:
             entry.broken = reason
@@ -147,9 +150,11 @@ class _Entry:
     last: _Plan | None = None
     plan: _Plan | None = None
     broken: str = ""  # why it runs plainly
+    generation: int = 0  # recording.generation when it started tracing
 
 
 _STALE = object()
+_NOTHING = "nothing to compute"
 
 
 def _bind(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[Any], tuple]:
@@ -222,7 +227,7 @@ class _Plan:
             )
         cap = log.realizes[0]
         if not cap["todo"]:
-            return "it computes nothing"
+            return _NOTHING
         if cap["run"] is None:
             return "its backend cannot replay programs (the numpy interpreter, or a graph too big to compile)"
         p = _Plan()

@@ -34,6 +34,13 @@ class Log:
 
 
 current: list[Log | None] = [None]  # the call being traced, if any
+# Bumped when Python state that shapes graphs changes in a way picograd can see (a module switching between
+# train() and eval()); a jit trace made under another generation is traced again rather than replayed.
+generation = [0]
+
+
+def changed() -> None:
+    generation[0] += 1
 
 
 def effect(tag: str, fn: Callable[[], None]) -> None:

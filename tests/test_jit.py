@@ -242,3 +242,21 @@ def test_describe_names_each_input() -> None:
     assert sum("dropout.seed" in k for k in kinds) == 1
     # 4 parameters + 2 Adam moments each are read as state
     assert sum(k.startswith("current value") for k in kinds) == 12
+
+
+def test_train_eval_switch_traces_again() -> None:
+    """Dropout on in train(), off in eval(): a trace must never be replayed across the switch."""
+    model = _model(dropout=0.5)
+    f = pg.jit(lambda x: model(x) * 1.0)
+    x = _batches(1)[0][0]
+    for _ in range(4):
+        f(x)
+    assert f.stats["replayed"] == 1
+    model.eval()
+    outs = [f(x).numpy() for _ in range(4)]  # numpy arguments: a fresh input tensor each call
+    assert f.stats["replayed"] == 2
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])  # no dropout in eval(): the same output every call
+    model.train()
+    a, b = f(x).numpy(), f(x).numpy()
+    assert not np.array_equal(a, b)  # dropout again, a fresh mask each call

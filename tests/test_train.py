@@ -3,6 +3,7 @@ losses step for step, checkpoints restore a trained model, and examples/train_mn
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def test_lazy_and_eager_losses_agree_for_20_steps(dropout: float) -> None:
         assert lazy[-5:].mean() < lazy[:5].mean()  # it learns
 
 
-@pytest.mark.parametrize("extra", [[], ["--eager", "--optim", "adam", "--lr", "0.001"]], ids=["lazy", "eager"])
+@pytest.mark.parametrize("extra", [[], ["--no-jit"], ["--eager", "--optim", "adam", "--lr", "0.001"]],
+                         ids=["lazy", "no-jit", "eager"])
 def test_example_script_runs(tmp_path, extra: list[str]) -> None:
     _mnist(1, 1)  # skips without the data
     ck = tmp_path / "ck_{model}.npz"
@@ -110,6 +112,7 @@ def test_example_script_runs(tmp_path, extra: list[str]) -> None:
     assert "epoch  1  train loss" in out.stdout and "test acc" in out.stdout, out.stdout
     if not extra:  # the MLP config is the default (README states it)
         assert "784-128-10, sgd lr 0.1 momentum 0.5, batch 128" in out.stdout, out.stdout
+        assert "picograd.jit" in out.stdout, out.stdout
     state = nn.load(tmp_path / "ck_mlp.npz")
     assert sorted(state) == ["0.bias", "0.weight", "2.bias", "2.weight"]
     assert state["0.weight"].shape == (128, 784) and state["0.weight"].dtype == np.float32
@@ -120,3 +123,18 @@ def test_example_script_rejects_momentum_without_sgd() -> None:
            "--momentum", "0.9"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--momentum applies to --optim sgd only" in out.stderr, out.stderr[-2000:]
+
+
+def test_benchmark_script_runs_every_picograd_trainer(tmp_path) -> None:
+    _mnist(1, 1)  # skips without the data
+    js = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "mnist.py"), "--models", "mlp", "--epochs", "1", "--limit",
+           "1280", "--trainers", "lazy", "plain", "eager", "numpy", "--json", str(js)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(js.read_text())["mlp"]
+    assert sorted(res) == ["eager", "lazy", "numpy", "plain"], out.stdout
+    # same initial weights and batches: the same losses, whatever runs them
+    np.testing.assert_allclose(res["lazy"]["losses"], res["plain"]["losses"], rtol=1e-6)
+    np.testing.assert_allclose(res["lazy"]["losses"], res["numpy"]["losses"], rtol=1e-4)
+    assert "picograd lazy" in out.stdout and "picograd no-jit" in out.stdout

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import recording
 from .. import tensor as _tensor
 from ..ir.node import Buffer, buffer_node
 from ..tensor import Tensor
@@ -144,6 +145,8 @@ class Module:
 
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():
+            if m.training != bool(mode):
+                recording.changed()  # the graphs it builds change (dropout): picograd.jit traces again
             object.__setattr__(m, "training", bool(mode))
         return self
 
