@@ -1,6 +1,6 @@
 """picograd: lazy tensors compiled, forward and backward together, to Numba kernels."""
 
-from . import cuda, nn, optim  # cuda: registers device="cuda" (cheap: numba loads on first use)
+from . import cuda, datasets, nn, optim  # cuda: registers device="cuda" (cheap: numba loads on first use)
 from .codegen.cache import cache_stats  # compile cache: hits, misses, compile seconds
 from .debug import dump  # also registers the PICOGRAD_DEBUG / picograd-dump realize hook
 from .jit import jit  # trace a training step once, then replay its compiled program
@@ -32,5 +32,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Tensor", "arange", "eager", "eye", "full", "full_like", "grad", "is_eager", "manual_seed", "ones",
     "ones_like", "rand", "rand_like", "randn", "randn_like", "realize", "uniform", "uniform_like", "where",
-    "zeros", "zeros_like", "nn", "optim", "dump", "cuda", "cache_stats", "jit",
+    "zeros", "zeros_like", "datasets", "nn", "optim", "dump", "cuda", "cache_stats", "jit",
 ]
