@@ -10,7 +10,11 @@ and the machine code caches to disk like the rest (the helper is resolved by sym
 
 computes, on flat row-major buffers, C[m, n] = op(A)[m, k] @ op(B)[k, n] with C at c[offc:] (row stride n),
 A at a[offa:] with row stride lda (op(A) = A if ta == 0 else A.T: A is stored (m, k), or (k, m) when ta),
-likewise B. Row-major C = A @ B is column-major C.T = B.T @ A.T, hence the swapped call below."""
+likewise B. Row-major C = A @ B is column-major C.T = B.T @ A.T, hence the swapped call below.
+
+    gemm_ldc(a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k)
+
+is the same with C's row stride ldc given: cpu.py's column blocks of a chunked matmul write C[:, c0:c1]."""
 
 from __future__ import annotations
 
@@ -24,59 +28,92 @@ _char = ir.IntType(8)
 _void_p = ir.IntType(8).as_pointer()
 
 
-@intrinsic
-def gemm(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
-    arrays = (a, b, c)
-    if not all(isinstance(x, types.Array) and x.ndim == 1 for x in arrays):
+def _typing(a, b, c, argtys: tuple):
+    if not all(isinstance(x, types.Array) and x.ndim == 1 for x in (a, b, c)):
         return None
     if not (a.dtype == b.dtype == c.dtype) or a.dtype not in (types.float32, types.float64):
         return None
     ensure_blas()
-    sig = types.void(a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k)
+    return types.void(*argtys)
+
+
+def _codegen(context, builder, tys: tuple, args: list) -> None:
+    """One numba_xxgemm call; tys and args in gemm_ldc's order (a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc,
+    m, n, k)."""
+    intp = context.get_value_type(types.intp)
+    fnty = ir.FunctionType(ir.IntType(32), [_char, _char, _char, intp, intp, intp, _void_p, _void_p, intp,
+                                            _void_p, intp, _void_p, _void_p, intp])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+    va, voffa, vta, vlda, vb, voffb, vtb, vldb, vc, voffc, vldc, vm, vn, vk = args
+
+    def cast(v, ty):
+        return context.cast(builder, v, ty, types.intp)
+
+    def ptr(arr, aty, off, offty):
+        data = context.make_array(aty)(context, builder, arr).data
+        return builder.bitcast(builder.gep(data, [cast(off, offty)]), _void_p)
+
+    def flag(v, ty):
+        is_t = builder.icmp_signed("!=", cast(v, ty), ir.Constant(intp, 0))
+        return builder.select(is_t, ir.Constant(_char, ord("t")), ir.Constant(_char, ord("n")))
+
+    dtype = tys[0].dtype
+    llty = context.get_value_type(dtype)
+    alpha = cgutils.alloca_once_value(builder, ir.Constant(llty, 1.0))
+    beta = cgutils.alloca_once_value(builder, ir.Constant(llty, 0.0))
+    kind = ir.Constant(_char, ord(get_blas_kind(dtype)))
+    res = builder.call(fn, (kind, flag(vtb, tys[6]), flag(vta, tys[2]),
+                            cast(vn, tys[12]), cast(vm, tys[11]), cast(vk, tys[13]),
+                            builder.bitcast(alpha, _void_p), ptr(vb, tys[4], voffb, tys[5]), cast(vldb, tys[7]),
+                            ptr(va, tys[0], voffa, tys[1]), cast(vlda, tys[3]), builder.bitcast(beta, _void_p),
+                            ptr(vc, tys[8], voffc, tys[9]), cast(vldc, tys[10])))
+    check_blas_return(context, builder, res)
+
+
+@intrinsic
+def gemm(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
+    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k))
+    if sig is None:
+        return None
 
     def codegen(context, builder, sig, args):
-        intp = context.get_value_type(types.intp)
-        fnty = ir.FunctionType(ir.IntType(32), [_char, _char, _char, intp, intp, intp, _void_p, _void_p, intp,
-                                                _void_p, intp, _void_p, _void_p, intp])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
-        va, voffa, vta, vlda, vb, voffb, vtb, vldb, vc, voffc, vm, vn, vk = args
-        tys = sig.args
-
-        def cast(v, ty):
-            return context.cast(builder, v, ty, types.intp)
-
-        def ptr(arr, aty, off, offty):
-            data = context.make_array(aty)(context, builder, arr).data
-            return builder.bitcast(builder.gep(data, [cast(off, offty)]), _void_p)
-
-        def flag(v, ty):
-            is_t = builder.icmp_signed("!=", cast(v, ty), ir.Constant(intp, 0))
-            return builder.select(is_t, ir.Constant(_char, ord("t")), ir.Constant(_char, ord("n")))
-
-        dtype = tys[0].dtype
-        llty = context.get_value_type(dtype)
-        alpha = cgutils.alloca_once_value(builder, ir.Constant(llty, 1.0))
-        beta = cgutils.alloca_once_value(builder, ir.Constant(llty, 0.0))
-        kind = ir.Constant(_char, ord(get_blas_kind(dtype)))
-        res = builder.call(fn, (kind, flag(vtb, tys[6]), flag(vta, tys[2]),
-                                cast(vn, tys[11]), cast(vm, tys[10]), cast(vk, tys[12]),
-                                builder.bitcast(alpha, _void_p), ptr(vb, tys[4], voffb, tys[5]), cast(vldb, tys[7]),
-                                ptr(va, tys[0], voffa, tys[1]), cast(vlda, tys[3]), builder.bitcast(beta, _void_p),
-                                ptr(vc, tys[8], voffc, tys[9]), cast(vn, tys[11])))
-        check_blas_return(context, builder, res)
+        # ldc = n: C's rows are contiguous
+        tys, vals = sig.args, list(args)
+        _codegen(context, builder, tys[:10] + (tys[11],) + tys[10:], vals[:10] + [vals[11]] + vals[10:])
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _gemm_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k) -> None:
-    """The same contract in numpy, for NUMBA_DISABLE_JIT=1 (the generated module then runs as plain Python)."""
-    import numpy as np
+@intrinsic
+def gemm_ldc(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k):  # noqa: ARG001
+    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k))
+    if sig is None:
+        return None
 
-    av = a[offa: offa + m * k].reshape((k, m) if ta else (m, k))
-    bv = b[offb: offb + k * n].reshape((n, k) if tb else (k, n))
-    np.dot(av.T if ta else av, bv.T if tb else bv, out=c[offc: offc + m * n].reshape(m, n))
+    def codegen(context, builder, sig, args):
+        _codegen(context, builder, sig.args, list(args))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _gemm_ldc_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k) -> None:
+    """The same contract in numpy, for NUMBA_DISABLE_JIT=1 (the generated module then runs as plain Python)."""
+    from numpy.lib.stride_tricks import as_strided
+
+    def view(x, off, rows, cols, ld):
+        return as_strided(x[off:], (rows, cols), (ld * x.itemsize, x.itemsize))
+
+    av = view(a, offa, k, m, lda).T if ta else view(a, offa, m, k, lda)
+    bv = view(b, offb, n, k, ldb).T if tb else view(b, offb, k, n, ldb)
+    view(c, offc, m, n, ldc)[...] = av @ bv
+
+
+def _gemm_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k) -> None:
+    _gemm_ldc_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, n, m, n, k)
 
 
 if config.DISABLE_JIT:
     gemm = _gemm_python  # noqa: F811
+    gemm_ldc = _gemm_ldc_python  # noqa: F811

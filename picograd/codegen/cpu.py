@@ -11,6 +11,9 @@ Shape of the generated code (read one with PICOGRAD_DEBUG=4):
   - reductions accumulate in a typed scalar when the reduced axes are innermost (blocked in chunks of
     BLOCK for accuracy and, when large, in parallel), else into the output row, vectorized;
   - matmuls call BLAS gemm on the flat buffers (blas.py), transposed or not, then run their fused epilogue;
+    big 2-D ones are split into row or column blocks over our own threads, each block's epilogue right after
+    its gemm while it is in cache (cpu_matmul.py; scipy's OpenBLAS is made single-threaded for that,
+    threads.pin_blas);
   - kernels with at least PARALLEL_MIN elements are separate @njit(parallel=True) functions using prange;
     the rest are inlined into `program`, which stays serial (parallel=True compiles 3-4x slower).
 """
@@ -18,6 +21,7 @@ Shape of the generated code (read one with PICOGRAD_DEBUG=4):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,10 +31,12 @@ from ..ir.node import Node
 from ..ir.printer import GraphView
 from . import indexing as ix
 from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
-from .schedule import Kernel, Schedule, matmul_operands
+from .cpu_matmul import chunk_plan, gemm_lines
+from .schedule import Kernel, Schedule
+from .threads import pin_blas
 
 PARALLEL_MIN = int(os.environ.get("PICOGRAD_PARALLEL_MIN", 1 << 17))  # elements; smaller loops stay serial
-PARALLEL_AFTER_GEMM = False  # prange in matmul epilogues (see ProgramRenderer.kernel)
+PARALLEL_AFTER_GEMM = False  # prange in matmul epilogues while OpenBLAS runs its own threads (see kernel)
 BLOCK = 4096  # reduction chunk: partial sums of this many elements keep float32 sums accurate
 FASTMATH = "{'reassoc', 'nsz'}"  # reassoc lets LLVM vectorize reductions; no nnan/ninf: NaN and inf stay exact
 HEADER = "njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True{par})"
@@ -60,12 +66,19 @@ class ProgramRenderer:
     def kernel(self, k: Kernel) -> KernelCode:
         lines: list[str] = []
         size = int(np.prod(k.domain, dtype=np.int64)) if k.domain else 1
-        # Not right after a gemm: OpenBLAS's threads keep spinning for a while after each call, and a prange
-        # loop then fights them for the 2 cores (measured: Adam epilogue of 800x800, 0.9 ms serial, 1.7 ms
-        # in parallel after the gemm, 0.54 ms in parallel standalone).
-        parallel = size >= PARALLEL_MIN and (k.matmul is None or PARALLEL_AFTER_GEMM)
-        if k.matmul is not None:
-            lines += self.matmul(k.matmul)
+        # While OpenBLAS runs 2 threads, not right after a gemm: its threads keep spinning for a while after
+        # each call, and a prange loop then fights them for the 2 cores (measured: Adam epilogue of 800x800,
+        # 0.9 ms serial, 1.7 ms in parallel after the gemm, 0.54 ms in parallel standalone). Pinned to one
+        # thread (threads.pin_blas), it leaves nothing spinning.
+        parallel = size >= PARALLEL_MIN and (k.matmul is None or PARALLEL_AFTER_GEMM or pin_blas())
+        plan = chunk_plan(k)
+        chunk = None  # (axis, first, end) of the block the epilogue runs on, when it runs inside the blocks
+        if plan is not None:
+            lines += gemm_lines(self, k.matmul, plan[0], plan[2])
+            if plan[1]:
+                chunk = (plan[0], "lo", "hi")
+        elif k.matmul is not None:
+            lines += gemm_lines(self, k.matmul)
         loads = {id(i): self.names[id(i)] for i in k.inputs}
         if k.matmul is not None:
             loads[id(k.matmul)] = self.names[id(k.matmul)]
@@ -81,7 +94,8 @@ class ProgramRenderer:
             for r in k.reduces:
                 v = loop.value(r.srcs[0], idx, ())
                 reds.append((r, v))
-            lines += self.nest(loop, k, reds, parallel)
+            body = self.nest(loop, k, reds, parallel and chunk is None, chunk)
+            lines += ["    " + ln for ln in body] if chunk is not None else body
         if k.post:
             ploads = dict(loads)
             for r in k.reduces:
@@ -94,32 +108,14 @@ class ProgramRenderer:
                 loop.stmts.append(Stmt([BufRef(self.names[id(s)], flat), f" = {v.text}"], v.dims | flat.used(),
                                        f"store {node_label(s, self.num)}"))
             lines += self.nest(loop, None, [], _prod(k.out_shape) >= PARALLEL_MIN)
-        return KernelCode(k, lines, parallel and any("prange(" in ln for ln in lines))
-
-    def matmul(self, n: Node) -> list[str]:
-        """BLAS gemm straight on the flat buffers (see blas.py): operands are read as stored, transposed or not."""
-        mm, opa, opb = matmul_operands(n)
-        out = self.names[id(n)]
-        a, b = mm.srcs
-        note = " (computed transposed)" if mm is not n else ""
-        lines = [f"# {node_label(n, self.num)} = {node_label(a, self.num)} @ {node_label(b, self.num)}{note}"]
-        m, nn = n.shape[-2], n.shape[-1]
-        k = a.shape[-1]
-        if 0 in n.shape:
-            return lines
-        if k == 0:
-            return lines + [f"{out}[:] = {self.consts.get(0, n.dtype)}"]
-        (ba, _, ta), (bb, _, tb) = opa, opb
-        lda, ldb = (m if ta else k), (k if tb else nn)
-        args = (f"{self.names[id(ba)]}, {{oa}}, {int(ta)}, {lda}, {self.names[id(bb)]}, {{ob}}, {int(tb)}, {ldb}, "
-                f"{out}, {{oc}}, {m}, {nn}, {k}")
-        if len(n.shape) == 2:
-            return lines + [f"gemm({args.format(oa=0, ob=0, oc=0)})"]
-        return lines + [f"for b in range({n.shape[0]}):",
-                        f"    gemm({args.format(oa=f'b * {m * k}', ob=f'b * {k * nn}', oc=f'b * {m * nn}')})"]
+        return KernelCode(k, lines, any("prange(" in ln for ln in lines))
 
     # ---- loop nests ---------------------------------------------------------------------------------
-    def nest(self, loop: Loop, k: Kernel | None, reds: list[tuple[Node, Val]], parallel: bool) -> list[str]:
+    def nest(self, loop: Loop, k: Kernel | None, reds: list[tuple[Node, Val]], parallel: bool,
+             chunk: tuple[int, str, str] | None = None) -> list[str]:
+        """The loop nest's lines. chunk (axis, first, end): run only that block of the axis (named variables
+        of the enclosing block loop), the axis's loop counting from 0 over buffers sliced at the block's start;
+        the nest is then serial (the block loop is the parallel one)."""
         sizes = loop.sizes
         axes = set(k.axes) if k is not None and reds else set()
         reduced = tuple(d in axes for d in range(len(sizes)))
@@ -139,11 +135,29 @@ class ProgramRenderer:
             oidx = tuple(ix.const(0, loop.nd) if reduced[d] else ix.var(d, loop.nd, s) for d, s in enumerate(sizes))
             out_idx[id(r)] = ix.flat_index(oidx, r.shape, loop.nd)
             used.append(out_idx[id(r)])
+        if chunk is not None and chunk[0] > 0:
+            blocked.add(chunk[0])  # the split axis must head its loop: no merging into the axis before it
         groups = ix.collapse(sizes, reduced, used, frozenset(blocked))
         names = ix.group_names(groups, sizes)
         gpos = {d: g for g, grp in enumerate(groups) for d in grp}
         depth_of = lambda dims: 1 + max((gpos[d] for d in dims if d in gpos), default=-1)  # noqa: E731
         gsize = [_prod(sizes[d] for d in grp) for grp in groups]
+        gsize_text = [str(n) for n in gsize]
+        # In a block, the split axis's loop variable i{a}_l counts from 0 within the block; indices into the
+        # buffers sliced at the block's start render with it (lnames). Every other index (iota, rand, a pad's
+        # condition, a load that can't be sliced) reads the global i{a} = i{a}_l + first, defined where used.
+        lnames, cpos, cvar = names, -1, ""
+        if chunk is not None:
+            ca, first, end = chunk
+            cpos = gpos[ca]
+            grp = groups[cpos]
+            assert grp[0] == ca and not reduced[ca], "a block splits a kept loop axis that heads its loop"
+            inner = _prod(sizes[d] for d in grp[1:])
+            cvar = f"i{ca}"
+            lnames = {**names, grp[-1]: (f"{cvar}_l", 1)}
+            scale = f" * {inner}" if inner != 1 else ""
+            gsize_text[cpos] = f"({end} - {first}){scale}" if scale else f"{end} - {first}"
+            global_def = f"{cvar} = {cvar}_l + {first}{scale}"
         gred = [reduced[g[0]] for g in groups]
         ng = len(groups)
         # t: first loop of the innermost all-reduced run; those loops accumulate into typed scalars
@@ -172,7 +186,7 @@ class ProgramRenderer:
 
         index_vars: dict[str, str] = {}  # index arithmetic shared by several loads/stores is computed once
 
-        def index_text(e: ix.Ix) -> str:
+        def index_text(e: ix.Ix, names=names) -> str:
             text = e.render(names)
             if " + " in text or " * " in text or "//" in text or "%" in text:
                 var = index_vars.get(text)
@@ -184,6 +198,13 @@ class ProgramRenderer:
 
         def ref_text(ref: BufRef) -> str:
             e = ref.ix
+            if chunk is not None and e.affine and e.coefs[chunk[0]] > 0:
+                c = e.coefs[chunk[0]]
+                rest = ix.Ix(tuple(0 if d == chunk[0] else k for d, k in enumerate(e.coefs)), e.const)
+                if ix.bounds(rest, sizes)[0] >= 0:  # as for split below: no negative index into the slice
+                    name = f"{ref.buf}_b{c if c != 1 else ''}"
+                    slices.setdefault(name, f"{name} = {ref.buf}[{chunk[1]}{f' * {c}' if c != 1 else ''}:]")
+                    return f"{name}[{index_text(e, lnames)}]"
             if split is not None and e.affine and e.coefs[split[0]] > 0:
                 axis, outer, inner = split
                 c = e.coefs[axis]
@@ -220,11 +241,19 @@ class ProgramRenderer:
             buf = self.names[id(r)]
             init = self.consts.get(init_value(r.op, r.dtype), r.dtype)
             target = ref_text(BufRef(buf, out_idx[id(r)]))
-            if vector_mode:
+            if vector_mode and chunk is not None:  # this block's part of the output: the reduce keeps the axis
+                assert out_idx[id(r)] == ix.var(chunk[0], loop.nd, sizes[chunk[0]]), "block of a reduce output"
+                pre.append(f"{buf}[{chunk[1]}:{chunk[2]}] = {init}  # init {node_label(r, self.num)}")
+            elif vector_mode:
                 pre.append(f"{buf}[:] = {init}  # init {node_label(r, self.num)}")
             accs.append((self.fresh("acc"), init, r, v.text, target))
         if split is not None and split[2] is None:  # sliced at the prange variable: first thing in its body
             by_depth[1] = list(slices.values()) + by_depth.get(1, [])
+        if chunk is not None:
+            by_depth[0] = list(slices.values()) + by_depth.get(0, [])
+            texts = [t for d, ts in by_depth.items() if d > cpos for t in ts] + [a[3] + a[4] for a in accs]
+            if any(re.search(rf"\b{cvar}\b", t) for t in texts):
+                by_depth[cpos + 1] = [global_def] + by_depth.get(cpos + 1, [])
         lines = list(pre)
 
         def finish(indent: str) -> None:
@@ -243,9 +272,9 @@ class ProgramRenderer:
                     finish(indent)
                     return
             if depth < ng:
-                var = f"i{groups[depth][0]}"
+                var = f"i{groups[depth][0]}" + ("_l" if depth == cpos else "")
                 rng = "prange" if depth == 0 and par_outer else "range"
-                lines.append(f"{indent}for {var} in {rng}({gsize[depth]}):")
+                lines.append(f"{indent}for {var} in {rng}({gsize_text[depth]}):")
                 emit(depth + 1, indent + "    ")
             elif t == ng:  # no reduced loop inside the kept ones: accumulate straight into the output
                 for _, init, r, v, target in accs:
@@ -391,9 +420,12 @@ def render_program(sched: Schedule, title: str = "") -> Rendered:
         entry += ["    " + ln for ln in c.body]
     if len(entry) == 2:
         entry.append("    pass")
+    body = "\n".join(funcs)
     header = [f'"""picograd program {title}: {len(sched.kernels)} kernels (generated; edits are overwritten)."""',
-              "import math", "", "import numpy as np", "from numba import njit, prange  # noqa: F401", "",
-              "from picograd.codegen.blas import gemm  # noqa: F401", "",
+              "import math", "", "import numpy as np",
+              "from numba import njit, prange  # noqa: F401", "",
+              f"from picograd.codegen.blas import gemm{', gemm_ldc' if 'gemm_ldc(' in body else ''}  # noqa: F401",
+              "",
               f"FASTMATH = {FASTMATH}",
               f"RAND_GOLDEN = np.uint64({ops.RAND_GOLDEN})", f"RAND_MUL1 = np.uint64({ops.RAND_MUL1})",
               f"RAND_MUL2 = np.uint64({ops.RAND_MUL2})", f"MASK32 = np.uint64({ops.MASK32})",
