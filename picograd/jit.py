@@ -67,11 +67,8 @@ class jit:
         writes back; or why it runs plainly."""
         lines = []
         for key, e in self._entries.items():
-            sig = ", ".join(
-                f"{dt}{list(shape)}@{dev}" if len(k) == 3 else repr(k[1])
-                for k in key[0]
-                for shape, dt, dev in [k if len(k) == 3 else ((), "", "")]
-            )
+            # _bind's signature: (shape, dtype, device) per tensor, ("value", v) per other argument
+            sig = ", ".join(f"{k[1]}{list(k[0])}@{k[2]}" if len(k) == 3 else repr(k[1]) for k in key[0])
             state = (
                 "replaying"
                 if e.plan is not None

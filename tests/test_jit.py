@@ -30,9 +30,8 @@ def _batches(n: int, batch: int = 8, seed: int = 1) -> list[tuple[np.ndarray, np
     ]
 
 
-def _train(make_opt, steps: int, use_jit: bool, dropout: float = 0.0, hook=None, batch: int = 8):  # noqa: ANN001
-    model = _model(dropout)
-    opt = make_opt(model.parameters())
+def _step_fn(model: nn.Module, opt: optim.Optimizer):  # noqa: ANN202
+    """The usual training step: zero_grad, forward, backward, update; returns the loss."""
 
     def step(x: pg.Tensor, y: pg.Tensor) -> pg.Tensor:
         opt.zero_grad()
@@ -41,6 +40,13 @@ def _train(make_opt, steps: int, use_jit: bool, dropout: float = 0.0, hook=None,
         opt.step()
         return loss
 
+    return step
+
+
+def _train(make_opt, steps: int, use_jit: bool, dropout: float = 0.0, hook=None, batch: int = 8):  # noqa: ANN001
+    model = _model(dropout)
+    opt = make_opt(model.parameters())
+    step = _step_fn(model, opt)
     fn = pg.jit(step) if use_jit else step
     losses = []
     for i, (x, y) in enumerate(_batches(steps, batch)):
@@ -92,14 +98,7 @@ def test_learning_rate_and_loaded_weights_are_seen_by_replays() -> None:
 def test_new_argument_shapes_trace_again() -> None:
     model = _model()
     opt = optim.SGD(model.parameters(), lr=0.1)
-
-    @pg.jit
-    def step(x: pg.Tensor, y: pg.Tensor) -> pg.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = pg.jit(_step_fn(model, opt))
 
     for batch in (8, 8, 8, 8, 3, 3, 3, 3, 8):
         x, y = _batches(1, batch)[0]
@@ -222,14 +221,7 @@ def test_unhashable_static_argument_is_a_clear_error() -> None:
 def test_describe_names_each_input() -> None:
     model = _model(dropout=0.2)
     opt = optim.Adam(model.parameters(), lr=1e-2)
-
-    @pg.jit
-    def step(x: pg.Tensor, y: pg.Tensor) -> pg.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = pg.jit(_step_fn(model, opt))
 
     assert step.describe() == "(not called yet)"
     for x, y in _batches(4):

@@ -83,13 +83,7 @@ class ProgramRenderer:
         if k.matmul is not None:
             loads[id(k.matmul)] = self.names[id(k.matmul)]
         if k.stores or k.reduces:
-            loop = Loop(self, k.domain, loads)
-            idx, _ = ix.identity(k.domain)
-            for s in k.stores:
-                v = loop.value(s, _index_for(idx, k.domain, s.shape), ())
-                flat = ix.flat_index(idx, k.domain, loop.nd)
-                loop.stmts.append(Stmt([BufRef(self.names[id(s)], flat), f" = {v.text}"], v.dims | flat.used(),
-                                       f"store {node_label(s, self.num)}"))
+            loop, idx = self.stores(k.domain, loads, k.stores)
             reds = []
             for r in k.reduces:
                 v = loop.value(r.srcs[0], idx, ())
@@ -100,15 +94,21 @@ class ProgramRenderer:
             ploads = dict(loads)
             for r in k.reduces:
                 ploads[id(r)] = self.names[id(r)]
-            loop = Loop(self, k.out_shape, ploads)
-            idx, _ = ix.identity(k.out_shape)
-            for s in k.post:
-                v = loop.value(s, _index_for(idx, k.out_shape, s.shape), ())
-                flat = ix.flat_index(idx, k.out_shape, loop.nd)
-                loop.stmts.append(Stmt([BufRef(self.names[id(s)], flat), f" = {v.text}"], v.dims | flat.used(),
-                                       f"store {node_label(s, self.num)}"))
+            loop, _ = self.stores(k.out_shape, ploads, k.post)
             lines += self.nest(loop, None, [], _prod(k.out_shape) >= PARALLEL_MIN)
         return KernelCode(k, lines, any("prange(" in ln for ln in lines))
+
+    def stores(self, domain: tuple[int, ...], loads: dict[int, str], nodes: list[Node]) -> tuple[Loop, tuple]:
+        """A loop over domain storing each node's value at its flat position (the kernel's main loop and its
+        post loop after the reductions share this)."""
+        loop = Loop(self, domain, loads)
+        idx, _ = ix.identity(domain)
+        for s in nodes:
+            v = loop.value(s, _index_for(idx, domain, s.shape), ())
+            flat = ix.flat_index(idx, domain, loop.nd)
+            loop.stmts.append(Stmt([BufRef(self.names[id(s)], flat), f" = {v.text}"], v.dims | flat.used(),
+                                   f"store {node_label(s, self.num)}"))
+        return loop, idx
 
     # ---- loop nests ---------------------------------------------------------------------------------
     def nest(self, loop: Loop, k: Kernel | None, reds: list[tuple[Node, Val]], parallel: bool,
