@@ -77,12 +77,14 @@ def _debug_module() -> Any:
     return sys.modules.get("picograd.debug")
 
 
-def realize_nodes(nodes: list[Node], capture: dict | None = None) -> None:
+def realize_nodes(nodes: list[Node], capture: dict | None = None,
+                  over: list[tuple[Node, Node]] | None = None) -> None:
     """Compute every node without a buffer and attach the result to it.
 
     capture (for picograd.jit): filled with "todo" (the nodes computed, in output order), "run" (a function
     from the input arrays to the outputs, or None where the backend cannot be replayed) and "inputs" (the
-    nodes whose buffers' data `run` takes, in order)."""
+    nodes whose buffers' data `run` takes, in order).
+    over: (node, realized node it replaces) pairs the CPU backend may compute in place (cache.Program)."""
     todo = list({id(n): n for n in nodes if n.buffer is None}.values())
     if capture is not None:
         capture.update(todo=todo, run=None, inputs=[])
@@ -97,7 +99,11 @@ def realize_nodes(nodes: list[Node], capture: dict | None = None) -> None:
     if name == "cpu" and _backends["cpu"] is _cpu_backend:
         from .codegen.cache import prepare_nodes
 
-        prog, hit, inputs, expanded = prepare_nodes(todo)
+        updates = None
+        if over:
+            at = {id(n): i for i, n in enumerate(todo)}
+            updates = {at[id(n)]: old for n, old in over if id(n) in at}
+        prog, hit, inputs, expanded = prepare_nodes(todo, updates)
         arrays = [n.buffer.data for n in inputs]
         if capture is not None and prog is not None:
             capture.update(run=prog.run, inputs=inputs)

@@ -34,6 +34,9 @@ class Log:
 
 
 current: list[Log | None] = [None]  # the call being traced, if any
+# True while picograd.jit runs a step: realize() then asks for a program that writes assigned state over its
+# old value (the old array is copied first unless the caller vouches nobody else holds it; see cache.Program).
+in_place = [False]
 # Bumped when Python state that shapes graphs changes in a way picograd can see (a module switching between
 # train() and eval()); a jit trace made under another generation is traced again rather than replayed.
 generation = [0]

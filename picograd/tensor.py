@@ -89,7 +89,7 @@ def _default_dtype(arr: np.ndarray, dtype: Any) -> np.dtype:
 
 
 class Tensor(TensorOps):
-    __slots__ = ("node", "_rg", "grad", "__weakref__")
+    __slots__ = ("node", "_rg", "grad", "_over", "__weakref__")
     __array_priority__ = 1000  # so numpy scalars/arrays on the left defer to Tensor's operators
 
     def __init__(self, data: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu"):
@@ -108,6 +108,7 @@ class Tensor(TensorOps):
         # realized with the training step; False: never differentiated.
         self._rg = requires_grad
         self.grad: Tensor | None = None
+        self._over: Node | None = None  # the realized value a pending assign replaces (for in-place updates)
         owner = node.buffer.leaf() if node.op == "buffer" and node.buffer.leaf is not None else None
         # An op that returns its input's node (x.reshape(x.shape), x[:], sum over no axis) must not take the
         # leaf away from x: backward() would then give the gradient to the view instead of to x.
@@ -209,7 +210,9 @@ class Tensor(TensorOps):
             v = v.expand(*self.shape) if broadcast_shapes("assign", v.shape, self.shape) == self.shape else v
         if v.shape != self.shape or v.dtype != self.dtype:
             raise ValueError(f"assign: value {v.dtype}{list(v.shape)} does not match {self.dtype}{list(self.shape)}")
+        old = self.node
         self.node = B.unary("detach", v.node) if v.node.op != "buffer" else v.node
+        self._over = old if old.op == "buffer" and old.buffer is not None else None
         _pending.add(self)
         if _state["eager"]:
             _eager.realize_now(self.node, force=True)
@@ -264,6 +267,7 @@ def _next_seed() -> np.ndarray:
 
 def _cut_history(t: Tensor) -> None:
     """After an assign is realized the tensor is a plain leaf again, so graphs don't grow across steps."""
+    t._over = None
     buf = t.node.buffer
     if t.node.op != "buffer":
         buf = Buffer(buf.data, buf.device)
@@ -291,13 +295,15 @@ def realize(*tensors: Tensor) -> None:
     pending = list(_pending)
     _pending.clear()
     nodes = [t.node for t in tensors] + [t.node for t in pending]
+    # under picograd.jit, assigned state may be updated in place: (new value, the value it replaces)
+    over = [(t.node, t._over) for t in pending if t._over is not None] if recording.in_place[0] else None
     log = recording.current[0]
     if log is None:
-        realize_nodes(nodes)
+        realize_nodes(nodes, over=over)
     else:  # picograd.jit is tracing: keep what it needs to replay this realize
         capture = {"tensors": tensors, "pending": pending, "nodes": nodes}
         log.realizes.append(capture)
-        realize_nodes(nodes, capture)
+        realize_nodes(nodes, capture, over)
     for t in pending:
         _cut_history(t)
 

@@ -234,6 +234,7 @@ def test_describe_names_each_input() -> None:
     assert sum("dropout.seed" in k for k in kinds) == 1
     # 4 parameters + 2 Adam moments each are read as state
     assert sum(k.startswith("current value") for k in kinds) == 12
+    assert sum(k.endswith("updated in place") for k in kinds) == 12  # written over when nothing else holds them
 
 
 def test_train_eval_switch_traces_again() -> None:

@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 from ..ir import ops
 from ..ir.node import Node
 from . import cpu
-from .schedule import Kernel, schedule
+from .schedule import Kernel, schedule, view_base, writable_in_place
 
 # Numba compiles ~2-4 ms per IR op; far bigger graphs run on the numpy interpreter instead (see prepare).
 MAX_COMPILE_NODES = int(os.environ.get("PICOGRAD_MAX_COMPILE_NODES", "3000"))
@@ -169,23 +170,32 @@ class Program:
     module: Any = None
     kernel_args: dict[str, list[int]] = field(default_factory=dict)  # kernel name -> positions in the arguments
     pool: list = field(default_factory=list)  # output arrays of the last run, reused once unreferenced
+    # output buffer j -> input i: the program writes output j over input i's array (assigned state updated in
+    # place); run() copies input i first unless the caller says nothing else holds it (`sole`)
+    in_place: dict[int, int] = field(default_factory=dict)
 
     @property
     def kernels(self) -> list[Kernel]:
         return self.schedule.kernels
 
-    def _args(self, inputs: list[np.ndarray]) -> tuple[list, list[np.ndarray]]:
+    def _args(self, inputs: list[np.ndarray], sole: Collection[int] = ()) -> tuple[list, list[np.ndarray]]:
         ins = []
         for a in inputs:
             a = a.ravel()
             if not a.flags.writeable:
                 a = a.copy()  # numba would compile another specialization for read-only arrays
             ins.append(a)
+        for i in self.in_place.values():
+            if i not in sole:
+                ins[i] = ins[i].copy()  # someone may still read the old value: update a copy of it
         pool = self.pool
         if not pool:
             pool.extend([] for _ in self.out_specs)
         outs = []
-        for (n, dt), free in zip(self.out_specs, pool, strict=True):
+        for j, ((n, dt), free) in enumerate(zip(self.out_specs, pool, strict=True)):
+            if j in self.in_place:
+                outs.append(ins[self.in_place[j]])
+                continue
             # Recycle an earlier run's output array once nothing refers to it any more (the Buffer that held it
             # and every view of it are gone): a parameter updated each step alternates between two arrays, where
             # fresh multi-MB arrays would page-fault every step. References counted: the pool list, `a` and
@@ -199,13 +209,17 @@ class Program:
                 if len(free) > 2:
                     del free[0]
             outs.append(a)
-        return ins + outs + self.scratch, outs
+        written = [a for j, a in enumerate(outs) if j not in self.in_place] if self.in_place else outs
+        return ins + written + self.scratch, outs
 
     def _shaped(self, inputs: list[np.ndarray], outs: list[np.ndarray]) -> list[np.ndarray]:
         return [(inputs if from_input else outs)[j].reshape(shape) for from_input, j, shape in self.results]
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        args, outs = self._args(inputs)
+    def run(self, inputs: list[np.ndarray], sole: Collection[int] = ()) -> list[np.ndarray]:
+        """Compute the roots from the input arrays (in the order of schedule.inputs). sole: positions of
+        in-place inputs that nothing but the tensor being updated refers to, so they may be written over;
+        the others are copied first."""
+        args, outs = self._args(inputs, sole)
         self.entry(*args)
         return self._shaped(inputs, outs)
 
@@ -297,7 +311,7 @@ def _signature(args: list[str], sched, rendered: cpu.Rendered) -> tuple:
     from numba import types
     from numba.np.numpy_support import from_dtype
 
-    dts = [n.dtype for n in sched.inputs] + [n.dtype for n in sched.out_buffers]
+    dts = [n.dtype for n in sched.inputs] + [n.dtype for n in sched.out_buffers if id(n) not in rendered.over]
     dts += [rendered.scratch[a][0] for a in args[len(dts):]]
     return tuple(types.Array(from_dtype(np.dtype(d)), 1, "C") for d in dts)
 
@@ -315,12 +329,29 @@ def _compile(entry: Any, sig: tuple, path: Path) -> bool:
     return sum(entry.stats.cache_hits.values()) > before
 
 
-def build(roots: list[Node], inputs: list[Node], key_hash: str) -> Program:
+def _in_place(sched: Any, roots: list[Node], updates: dict[int, Node]) -> dict[int, int]:
+    """{output buffer j: input i} for the updates (root position -> the realized node it replaces) that the
+    program can compute over the old value (schedule.writable_in_place)."""
+    pos_in = {id(n): i for i, n in enumerate(sched.inputs)}
+    pos_out = {id(n): j for j, n in enumerate(sched.out_buffers)}
+    pairs: dict[int, int] = {}
+    for r, old in sorted(updates.items()):
+        out = view_base(roots[r])
+        i, j = pos_in.get(id(old)), pos_out.get(id(out))
+        if i is None or j is None or j in pairs or i in pairs.values():
+            continue
+        if writable_in_place(sched, old, out):
+            pairs[j] = i
+    return pairs
+
+
+def build(roots: list[Node], inputs: list[Node], key_hash: str, updates: dict[int, Node] | None = None) -> Program:
     from . import threads
 
     threads.configure()  # before any parallel kernel can launch
     sched = schedule(roots, inputs)
-    rendered = cpu.render_program(sched, key_hash)
+    in_place = _in_place(sched, roots, updates) if updates else {}
+    rendered = cpu.render_program(sched, key_hash, {id(sched.out_buffers[j]): i for j, i in in_place.items()})
     source = _salt() + rendered.source
     mod, path = _load_module(source)
     entry = mod.program
@@ -334,14 +365,15 @@ def build(roots: list[Node], inputs: list[Node], key_hash: str) -> Program:
                for r, b in zip(sched.outputs, sched.root_source, strict=True)]
     return Program(key_hash, sched, source, rendered.kernel_sources, str(path), rendered.args, entry, out_specs,
                    results, scratch, from_cache="disk" if from_disk else None, module=mod,
-                   kernel_args=rendered.kernel_args)
+                   kernel_args=rendered.kernel_args, in_place=in_place)
 
 
 def key_digest(key: tuple) -> str:
     return hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
 
-def _lookup(todo: list[Node], key: tuple, inputs: list[Node], has_grad: bool) -> tuple[Program, bool]:
+def _lookup(todo: list[Node], key: tuple, inputs: list[Node], has_grad: bool,
+            updates: dict[int, Node] | None = None) -> tuple[Program, bool]:
     """The program for this key, building it on a miss. Returns (program, hit)."""
     prog = _programs.get(key)
     if prog is not None:
@@ -363,7 +395,7 @@ def _lookup(todo: list[Node], key: tuple, inputs: list[Node], has_grad: bool) ->
             raise _Reexpand(roots)
         slots = [pos[id(n)] for n in used]
         inputs = used
-    prog = build(roots, inputs, key_digest(key))
+    prog = build(roots, inputs, key_digest(key), updates)
     prog.input_slots = slots
     prog.compile_s = time.perf_counter() - t0
     _stats["compile_s"] += prog.compile_s
@@ -396,9 +428,22 @@ def prepare(todo: list[Node]) -> tuple[Program | None, bool, list[np.ndarray], l
     return prog, hit, [n.buffer.data for n in inputs], expanded
 
 
-def prepare_nodes(todo: list[Node]) -> tuple[Program | None, bool, list[Node], list[Node] | None]:
-    """As prepare, with the program's input nodes (in the order run() takes their arrays) instead of arrays."""
+def _with_updates(key: tuple, inputs: list[Node], updates: dict[int, Node] | None) -> tuple:
+    """The key of a program that may compute some roots in place (see build): which root replaces which input
+    is part of its structure."""
+    if not updates:
+        return key
+    pos = {id(n): i for i, n in enumerate(inputs)}
+    return key + (tuple(sorted((r, pos[id(old)]) for r, old in updates.items() if id(old) in pos)),)
+
+
+def prepare_nodes(todo: list[Node], updates: dict[int, Node] | None = None
+                  ) -> tuple[Program | None, bool, list[Node], list[Node] | None]:
+    """As prepare, with the program's input nodes (in the order run() takes their arrays) instead of arrays.
+    updates: root position -> the realized node that root's value replaces (an optimizer's assign): the
+    program may then compute it in place (Program.in_place)."""
     key, inputs, has_grad, opaque = graph_key(todo)
+    key = _with_updates(key, inputs, updates)
     if len(key[0]) > MAX_COMPILE_NODES:
         _warn_large(len(key[0]))
         return None, False, [], None
@@ -414,13 +459,15 @@ def prepare_nodes(todo: list[Node]) -> tuple[Program | None, bool, list[Node], l
 
         expanded = expand_grads(todo)
         key, inputs, has_grad, _ = graph_key(expanded)
+        key = _with_updates(key, inputs, updates)
         todo = expanded
     try:
-        prog, hit = _lookup(todo, key, inputs, has_grad)
+        prog, hit = _lookup(todo, key, inputs, has_grad, updates)
     except _Reexpand as e:
         expanded = e.roots
         key, inputs, has_grad, _ = graph_key(expanded)
-        prog, hit = _lookup(expanded, key, inputs, has_grad)
+        key = _with_updates(key, inputs, updates)
+        prog, hit = _lookup(expanded, key, inputs, has_grad, updates)
     slots = prog.input_slots
     return prog, hit, inputs if slots is None else [inputs[i] for i in slots], expanded
 

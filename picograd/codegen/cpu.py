@@ -344,6 +344,7 @@ class Rendered:
     scratch: dict[str, tuple[np.dtype, int]]  # arena name -> (dtype, elements)
     parallel: bool  # any kernel uses prange
     kernel_args: dict[str, list[int]] = field(default_factory=dict)  # kernel -> positions of its arguments in args
+    over: dict[int, int] = field(default_factory=dict)  # id(output buffer node) -> input written over (no out arg)
 
 
 def plan_scratch(sched: Schedule) -> tuple[dict[int, tuple[str, int, int]], dict[str, tuple[np.dtype, int]]]:
@@ -374,21 +375,27 @@ def plan_scratch(sched: Schedule) -> tuple[dict[int, tuple[str, int, int]], dict
     return slots, arenas
 
 
-def render_program(sched: Schedule, title: str = "") -> Rendered:
+def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None = None) -> Rendered:
+    """over: id(output buffer node) -> position of the input whose array it is written into (an in-place
+    update, see schedule.writable_in_place): its stores go to that input's parameter, and it has none of its
+    own. Writing through the same name matters: given two parameters that alias, LLVM's vectorized loops
+    check for overlap at run time and fall back to scalar code (an Adam update 2x slower)."""
+    over = over or {}
     # Comments name nodes as picograd.dump / PICOGRAD_DEBUG=3 print this graph (%12; inputs by their argument).
     num = {**GraphView(sched.outputs).name, **{id(n): f"in{i}" for i, n in enumerate(sched.inputs)}}
     names: dict[int, str] = {}
     for i, n in enumerate(sched.inputs):
         names[id(n)] = f"in{i}"
     for j, n in enumerate(sched.out_buffers):
-        names[id(n)] = f"out{j}"
+        names[id(n)] = f"in{over[id(n)]}" if id(n) in over else f"out{j}"
     slots, arenas = plan_scratch(sched)
     views: dict[int, str] = {}
     for t, n in enumerate(sched.intermediates):
         names[id(n)] = f"t{t}"
         arena, off, size = slots[id(n)]
         views[id(n)] = f"t{t} = {arena}[{off}:{off + size}]"
-    args = [f"in{i}" for i in range(len(sched.inputs))] + [f"out{j}" for j in range(len(sched.out_buffers))]
+    args = [f"in{i}" for i in range(len(sched.inputs))]
+    args += [f"out{j}" for j, n in enumerate(sched.out_buffers) if id(n) not in over]
     args += sorted(arenas)
     sig = ", ".join(args)
     r = ProgramRenderer(sched, names, num)
@@ -435,4 +442,4 @@ def render_program(sched: Schedule, title: str = "") -> Rendered:
               f"RAND_MUL2 = np.uint64({ops.RAND_MUL2})", f"MASK32 = np.uint64({ops.MASK32})",
               "U8, U15, U16 = np.uint64(8), np.uint64(15), np.uint64(16)", *r.consts.lines, ""]
     source = "\n".join(header) + "\n\n" + "\n\n\n".join(funcs + ["\n".join(entry)]) + "\n"
-    return Rendered(source, kernel_sources, args, arenas, any(c.parallel for c in codes), kernel_args)
+    return Rendered(source, kernel_sources, args, arenas, any(c.parallel for c in codes), kernel_args, dict(over))
