@@ -4,8 +4,8 @@ eager (or numpy) for kernels that chunk, at the boundaries (blocks that don't di
 blocks, transposed operands, loads and iota that need the global row, reductions along and across the split)
 and the generated source is checked so that these tests fail if chunking silently stops.
 
-The thresholds are lowered so that small shapes chunk (compile time): CHUNK_MIN_MACS = 1, GEMM_BLOCKS = 3
-(cpu_matmul)."""
+The thresholds are lowered so that small shapes chunk (compile time): BLOCKS_MIN_MACS = CHUNK_MIN_MACS = 1,
+GEMM_BLOCKS = 3 (cpu_matmul)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ BLOCKS = 3
 def chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PICOGRAD_BACKEND", "cpu")
     monkeypatch.setattr(cpu_matmul, "CHUNK_MIN_MACS", 1)
+    monkeypatch.setattr(cpu_matmul, "BLOCKS_MIN_MACS", 1)
     monkeypatch.setattr(cpu_matmul, "GEMM_BLOCKS", BLOCKS)
     monkeypatch.setattr(cache, "_programs", {})  # programs rendered under other settings must not be reused
     # scipy's OpenBLAS is pinned to one thread here, or nothing chunks (and these tests fail: they must)
@@ -180,6 +181,7 @@ def test_batched_matmul_over_threads(chunked) -> None:
 
 def test_default_threshold_chunks_big_matmuls_only(monkeypatch) -> None:
     monkeypatch.setenv("PICOGRAD_BACKEND", "cpu")
+    monkeypatch.setattr(cpu_matmul, "BLOCKS_MIN_MACS", 4_000_000)  # this program in blocks (default: 24M)
     assert threads.pin_blas()
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((128, 257)).astype(np.float32), rng.standard_normal((257, 128)).astype(np.float32)
@@ -196,6 +198,36 @@ def test_default_threshold_chunks_big_matmuls_only(monkeypatch) -> None:
     blocks = _blocks(_program())
     assert blocks[(128, 128)] == [("k+rows", True)] and blocks[(16, 16)] == [(None, False)]
     assert blocks[(64, 1000)] == [("columns", True)]
+
+
+def _scipy_blas_threads() -> int:
+    lib = threads._scipy_openblas()
+    getter = getattr(lib, "scipy_openblas_get_num_threads", None) or lib.openblas_get_num_threads
+    return int(getter())
+
+
+def test_program_picks_blocks_or_openblas_threads(monkeypatch) -> None:
+    """A program with a matmul of >= BLOCKS_MIN_MACS runs its matmuls in blocks with OpenBLAS on one thread;
+    one with only smaller matmuls and no big loops leaves them whole to all of OpenBLAS's threads, no prange."""
+    monkeypatch.setenv("PICOGRAD_BACKEND", "cpu")
+    monkeypatch.setattr(cache, "_programs", {})
+    assert threads.pin_blas()
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((64, 784)).astype(np.float32), rng.standard_normal((784, 800)).astype(np.float32)
+    big = (Tensor(a) @ Tensor(b)).relu()  # 40M multiply-adds
+    big.realize()
+    prog = _program()
+    assert prog.blas_threads == 1 and "prange(" in prog.source and _scipy_blas_threads() == 1
+    np.testing.assert_allclose(big.numpy(), np.maximum(a @ b, 0), rtol=1e-4, atol=1e-3)
+    small = (Tensor(a[:, :128]) @ Tensor(b[:128, :128])).relu()  # 1M: a program of small matmuls
+    small.realize()
+    prog = _program()
+    assert prog.blas_threads == 0 and "prange(" not in prog.source
+    assert _scipy_blas_threads() == threads._blas["all"]
+    np.testing.assert_allclose(small.numpy(), np.maximum(a[:, :128] @ b[:128, :128], 0), rtol=1e-4, atol=1e-4)
+    big2 = (Tensor(a) @ Tensor(b)).relu() * 2.0
+    big2.realize()
+    assert _scipy_blas_threads() == 1  # back to one thread for a program in blocks
 
 
 def test_numpy_blas_keeps_its_threads() -> None:
@@ -235,6 +267,6 @@ def test_chunked_source_runs_without_jit(tmp_path) -> None:
         print("ok")
     """)
     env = dict(os.environ, NUMBA_DISABLE_JIT="1", PICOGRAD_BACKEND="cpu", PICOGRAD_CACHE_DIR=str(tmp_path),
-               PICOGRAD_CHUNK_MIN_MACS="1", PICOGRAD_GEMM_BLOCKS="2", PYTHONPATH=ROOT)
+               PICOGRAD_CHUNK_MIN_MACS="1", PICOGRAD_BLOCKS_MIN_MACS="1", PICOGRAD_GEMM_BLOCKS="2", PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

@@ -33,6 +33,7 @@ from ..ir import ops
 from ..ir.node import Node
 from . import cpu
 from .schedule import Kernel, schedule, view_base, writable_in_place
+from .threads import blas_threads
 
 # Numba compiles ~2-4 ms per IR op; far bigger graphs run on the numpy interpreter instead (see prepare).
 MAX_COMPILE_NODES = int(os.environ.get("PICOGRAD_MAX_COMPILE_NODES", "3000"))
@@ -173,6 +174,7 @@ class Program:
     # output buffer j -> input i: the program writes output j over input i's array (assigned state updated in
     # place); run() copies input i first unless the caller says nothing else holds it (`sole`)
     in_place: dict[int, int] = field(default_factory=dict)
+    blas_threads: int = 0  # OpenBLAS threads while it runs (threads.blas_threads): 1 when its matmuls run in blocks
 
     @property
     def kernels(self) -> list[Kernel]:
@@ -220,6 +222,7 @@ class Program:
         in-place inputs that nothing but the tensor being updated refers to, so they may be written over;
         the others are copied first."""
         args, outs = self._args(inputs, sole)
+        blas_threads(self.blas_threads)
         self.entry(*args)
         return self._shaped(inputs, outs)
 
@@ -227,6 +230,7 @@ class Program:
         """Run kernel by kernel from Python, timing each (for PICOGRAD_DEBUG=2; the first call compiles the
         kernel functions, which the plain entry never needs)."""
         args, outs = self._args(inputs)
+        blas_threads(self.blas_threads)
         times = []
         for k in self.kernels:
             fn = getattr(self.module, k.name)
@@ -365,7 +369,7 @@ def build(roots: list[Node], inputs: list[Node], key_hash: str, updates: dict[in
                for r, b in zip(sched.outputs, sched.root_source, strict=True)]
     return Program(key_hash, sched, source, rendered.kernel_sources, str(path), rendered.args, entry, out_specs,
                    results, scratch, from_cache="disk" if from_disk else None, module=mod,
-                   kernel_args=rendered.kernel_args, in_place=in_place)
+                   kernel_args=rendered.kernel_args, in_place=in_place, blas_threads=rendered.blas_threads)
 
 
 def key_digest(key: tuple) -> str:

@@ -31,9 +31,8 @@ from ..ir.node import Node
 from ..ir.printer import GraphView
 from . import indexing as ix
 from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
-from .cpu_matmul import chunk_plan, gemm_lines
+from .cpu_matmul import chunk_plan, gemm_lines, use_blocks
 from .schedule import Kernel, Schedule
-from .threads import pin_blas
 
 PARALLEL_MIN = int(os.environ.get("PICOGRAD_PARALLEL_MIN", 1 << 17))  # elements; smaller loops stay serial
 PARALLEL_AFTER_GEMM = False  # prange in matmul epilogues while OpenBLAS runs its own threads (see kernel)
@@ -51,10 +50,11 @@ class KernelCode:
 
 
 class ProgramRenderer:
-    def __init__(self, sched: Schedule, names: dict[int, str], num: dict[int, str]) -> None:
+    def __init__(self, sched: Schedule, names: dict[int, str], num: dict[int, str], blocks: bool = False) -> None:
         self.s = sched
         self.names = names  # id(node) -> buffer variable name
         self.num = num  # id(node) -> number for comments
+        self.blocks = blocks  # big matmuls run in blocks over our threads (cpu_matmul.use_blocks)
         self.consts = Consts()
         self.counter = 0
 
@@ -70,8 +70,8 @@ class ProgramRenderer:
         # each call, and a prange loop then fights them for the 2 cores (measured: Adam epilogue of 800x800,
         # 0.9 ms serial, 1.7 ms in parallel after the gemm, 0.54 ms in parallel standalone). Pinned to one
         # thread (threads.pin_blas), it leaves nothing spinning.
-        parallel = size >= PARALLEL_MIN and (k.matmul is None or PARALLEL_AFTER_GEMM or pin_blas())
-        plan = chunk_plan(k)
+        parallel = size >= PARALLEL_MIN and (k.matmul is None or PARALLEL_AFTER_GEMM or self.blocks)
+        plan = chunk_plan(k) if self.blocks else None
         chunk = None  # (axis, first, end) of the block the epilogue runs on, when it runs inside the blocks
         if plan is not None:
             lines += gemm_lines(self, k.matmul, plan[0], plan[2])
@@ -344,6 +344,7 @@ class Rendered:
     scratch: dict[str, tuple[np.dtype, int]]  # arena name -> (dtype, elements)
     parallel: bool  # any kernel uses prange
     kernel_args: dict[str, list[int]] = field(default_factory=dict)  # kernel -> positions of its arguments in args
+    blas_threads: int = 0  # OpenBLAS threads while it runs: 1 when matmuls run in blocks, 0 for all
     over: dict[int, int] = field(default_factory=dict)  # id(output buffer node) -> input written over (no out arg)
 
 
@@ -398,7 +399,8 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
     args += [f"out{j}" for j, n in enumerate(sched.out_buffers) if id(n) not in over]
     args += sorted(arenas)
     sig = ", ".join(args)
-    r = ProgramRenderer(sched, names, num)
+    blocks = use_blocks(sched.kernels, PARALLEL_MIN)
+    r = ProgramRenderer(sched, names, num, blocks)
     codes = [r.kernel(k) for k in sched.kernels]
     kernel_sources: dict[str, str] = {}
     funcs: list[str] = []
@@ -442,4 +444,5 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
               f"RAND_MUL2 = np.uint64({ops.RAND_MUL2})", f"MASK32 = np.uint64({ops.MASK32})",
               "U8, U15, U16 = np.uint64(8), np.uint64(15), np.uint64(16)", *r.consts.lines, ""]
     source = "\n".join(header) + "\n\n" + "\n\n\n".join(funcs + ["\n".join(entry)]) + "\n"
-    return Rendered(source, kernel_sources, args, arenas, any(c.parallel for c in codes), kernel_args, dict(over))
+    return Rendered(source, kernel_sources, args, arenas, any(c.parallel for c in codes), kernel_args,
+                    blas_threads=1 if blocks else 0, over=dict(over))

@@ -32,6 +32,30 @@ CHUNK_MIN_EPILOGUE = int(os.environ.get("PICOGRAD_CHUNK_MIN_EPILOGUE", 1 << 18))
 GEMM_BLOCKS = int(os.environ.get("PICOGRAD_GEMM_BLOCKS", 0))
 
 
+# Programs with a matmul of at least this many multiply-adds (or with parallel loops of their own) run big matmuls
+# in blocks over our threads, OpenBLAS on one thread; the others leave each matmul whole to OpenBLAS's own
+# threads, with no prange loop to fight them. Measured (2 cores, training loop, alternating runs, ms/step): the
+# small MLP (12.8M-MAC matmuls) 0.77 whole vs 0.84 in blocks; the seed's model (40M) 7.7 whole vs 6.1 in blocks.
+BLOCKS_MIN_MACS = int(os.environ.get("PICOGRAD_BLOCKS_MIN_MACS", 24_000_000))
+
+
+def use_blocks(kernels: list[Kernel], parallel_min: int) -> bool:
+    """Whether a program splits its big matmuls over our threads (OpenBLAS pinned to one thread, see chunk_plan)
+    rather than leaving them to OpenBLAS's threads (threads.blas_threads, set per program run)."""
+    if not pin_blas():
+        return False
+    for k in kernels:
+        if k.matmul is not None:
+            kk = matmul_operands(k.matmul)[0].srcs[0].shape[-1]
+            if _prod(k.matmul.shape) * kk >= BLOCKS_MIN_MACS:
+                return True
+        elif k.matmul is None and _prod(k.domain) >= parallel_min:
+            return True  # a prange loop: OpenBLAS threads still spinning after a gemm would slow it down
+        if k.post and _prod(k.out_shape) >= parallel_min:
+            return True
+    return False
+
+
 def chunk_plan(k: Kernel) -> tuple[int, bool, bool] | None:
     """How a big 2-D matmul kernel runs in blocks over our threads: (axis, fused, ksplit), axis 0 for row
     blocks of the output, 1 for column blocks; fused when the epilogue runs inside each block on its rows or
@@ -113,7 +137,7 @@ def gemm_lines(r: Any, n: Node, chunk: int | None = None, ksplit: bool = False) 
     if len(n.shape) == 2:
         return lines + [f"gemm({args.format(oa=0, ob=0, c=out, oc=0, mnk=f'{m}, {nn}, {k}')})"]
     # batches are independent gemms: over our threads when big (OpenBLAS pinned to one thread has no others)
-    rng = "prange" if pin_blas() and _prod(n.shape) * k >= CHUNK_MIN_MACS else "range"
+    rng = "prange" if r.blocks and _prod(n.shape) * k >= CHUNK_MIN_MACS else "range"
     call = args.format(oa=f"b * {m * k}", ob=f"b * {k * nn}", c=out, oc=f"b * {m * nn}", mnk=f"{m}, {nn}, {k}")
     return lines + [f"for b in {rng}({n.shape[0]}):", f"    gemm({call})"]
 

@@ -96,6 +96,18 @@ def _prime_gemm() -> None:
             raise OSError("numba_xxgemm failed")
 
 
+_blas: dict = {}  # "set": the thread-count setter, "all": OpenBLAS's own count, "now": the count set last
+
+
+def blas_threads(n: int) -> None:
+    """Run scipy's OpenBLAS on n threads from now on (0: as many as it started with). A program whose matmuls
+    are left whole to OpenBLAS asks for them all, one that splits them over our threads for one (cache.Program
+    calls this before each run; only a change costs a call)."""
+    if _blas.get("now") != n and "set" in _blas:
+        _blas["set"](n or _blas["all"])
+        _blas["now"] = n
+
+
 def pin_blas() -> bool:
     """Make scipy's OpenBLAS single-threaded, once per process; True when it is (cpu.py then splits big matmuls
     over its own threads). False, leaving everything as it was, when the library or its symbol isn't found."""
@@ -112,8 +124,13 @@ def pin_blas() -> bool:
             try:
                 _prime_gemm()
                 setter.argtypes, setter.restype = [ctypes.c_int], None
+                if getter is not None:
+                    getter.argtypes, getter.restype = [], ctypes.c_int
+                    _blas["all"] = max(1, getter())
                 setter(1)
                 ok = getter is None or getter() == 1
+                if ok and getter is not None:
+                    _blas.update(set=setter, now=1)
             except (OSError, KeyError, AttributeError):
                 ok = False
             break
