@@ -225,6 +225,9 @@ class _Plan:
     host_devices: list[str | None]  # per action: the device of the buffer it feeds (None: an effect)
     writes: list[tuple[weakref.ref, int, str]]  # tensor assigned by the step, output index, device
     donations: list[int]  # input slots the program updates in place: written over when their tensor alone holds them
+    donated_root: dict[int, int]  # donation slot -> the root (output index) that writes over it
+    kept: frozenset[int]  # the donated roots whose tensor keeps its Buffer when all donations hold
+    kept_not: frozenset[int]  # roots returned or written twice (their results are always needed)
     returns: list[tuple[int, str, Tensor | None]]  # per returned tensor: output index (or -1) and device
     out: Any
     returned: list[Tensor]
@@ -268,7 +271,13 @@ class _Plan:
             (index.get(id(n), -1), t.device, None if id(n) in index else t)
             for t, n in zip(tensors, nodes[: len(tensors)], strict=True)
         ]
-        p.donations = _in_place_slots(cap["run"], p.slots, p.writes)
+        p.donated_root = _in_place_slots(cap["run"], p.slots, p.writes)
+        p.donations = list(p.donated_root)
+        # roots also returned, or written to two tensors: their results are always needed
+        p.kept_not = frozenset(j for j, _, _ in p.returns if j >= 0) | {
+            j for k, (_, j, _) in enumerate(p.writes) if any(w[1] == j for w in p.writes[k + 1 :])
+        }
+        p.kept = frozenset(p.donated_root.values()) - p.kept_not
         return p
 
     def differs(self, other: _Plan) -> str | None:
@@ -328,6 +337,8 @@ class _Plan:
             if t is not None and _sole_value(t):
                 sole.append(i)
             del t
+        # a tensor updated in its own array keeps its Buffer: no new Buffer, node or reshaped view for it
+        skip = self.kept if len(sole) == len(self.donations) else {self.donated_root[i] for i in sole} - self.kept_not
         host: list[Any] = []
         for a, dev in zip(self.actions, self.host_devices, strict=True):
             v = a.fn()
@@ -349,10 +360,10 @@ class _Plan:
                 arrays.append(host[x])
             else:
                 arrays.append(x.data)
-        outs = self.run(arrays, sole) if self.donations else self.run(arrays)
+        outs = self.run(arrays, sole, skip) if self.donations else self.run(arrays)
         for ref, j, dev in self.writes:
             t = ref()
-            if t is not None:
+            if t is not None and outs[j] is not None:
                 buf = Buffer(outs[j], dev)
                 buf.owner = ref
                 if t._rg is not False:
@@ -376,15 +387,21 @@ def _same_data(a: Buffer, b: Buffer) -> bool:
     return da.dtype == db.dtype and da.shape == db.shape and bool(np.array_equal(da, db, equal_nan=True))
 
 
-def _in_place_slots(run: Callable, slots: list, writes: list) -> list[int]:
-    """The input slots whose array the program writes the step's new value of the same tensor into (a CPU
-    program's in_place pairs). A replay passes them as `sole` when nothing else holds the old value."""
+def _in_place_slots(run: Callable, slots: list, writes: list) -> dict[int, int]:
+    """{input slot: root} where the program writes the root, the step's new value of the slot's tensor, into
+    the slot's array (a CPU program's in_place pairs). A replay passes the slots as `sole` when nothing else
+    holds the old value."""
     prog = getattr(run, "__self__", None)
     pairs = getattr(prog, "in_place", None)
     if not pairs:
-        return []
-    written = {prog.results[j][1]: ref() for ref, j, _ in writes if not prog.results[j][0]}
-    return [i for j, i in pairs.items() if slots[i][0] == "owner" and written.get(j) is slots[i][1]()]
+        return {}
+    written = {prog.results[j][1]: (ref(), j) for ref, j, _ in writes if not prog.results[j][0]}
+    out = {}
+    for jb, i in pairs.items():
+        t, root = written.get(jb, (None, -1))
+        if slots[i][0] == "owner" and t is not None and t is slots[i][1]():
+            out[i] = root
+    return out
 
 
 def _ref_counts(t: Tensor) -> tuple[int, ...] | None:

@@ -156,3 +156,21 @@ def test_plain_realize_keeps_fresh_arrays() -> None:
     plain(*map(pg.Tensor, batches[0]))
     pg.realize()
     assert all(a != b for a, b in zip(addresses, [_address(p) for p in model.parameters()], strict=True))
+
+
+def test_two_tensors_assigned_one_value_both_follow() -> None:
+    a = pg.Tensor(np.zeros(4, np.float32), requires_grad=False)
+    b = pg.Tensor(np.zeros(4, np.float32), requires_grad=False)
+
+    @pg.jit
+    def step(x: pg.Tensor) -> pg.Tensor:
+        new = a + x
+        a.assign(new)
+        b.assign(new)
+        return (new * 1.0).sum()
+
+    for i in range(7):
+        step(np.full(4, 1.0, np.float32))
+        np.testing.assert_array_equal(a.numpy(), np.full(4, i + 1.0))
+        np.testing.assert_array_equal(b.numpy(), np.full(4, i + 1.0))
+    assert step.stats["replayed"] == 4

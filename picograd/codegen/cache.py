@@ -214,17 +214,20 @@ class Program:
         written = [a for j, a in enumerate(outs) if j not in self.in_place] if self.in_place else outs
         return ins + written + self.scratch, outs
 
-    def _shaped(self, inputs: list[np.ndarray], outs: list[np.ndarray]) -> list[np.ndarray]:
+    def _shaped(self, inputs: list[np.ndarray], outs: list[np.ndarray], skip: Collection[int] = ()) -> list:
+        if skip:
+            return [None if r in skip else (inputs if from_input else outs)[j].reshape(shape)
+                    for r, (from_input, j, shape) in enumerate(self.results)]
         return [(inputs if from_input else outs)[j].reshape(shape) for from_input, j, shape in self.results]
 
-    def run(self, inputs: list[np.ndarray], sole: Collection[int] = ()) -> list[np.ndarray]:
+    def run(self, inputs: list[np.ndarray], sole: Collection[int] = (), skip: Collection[int] = ()) -> list:
         """Compute the roots from the input arrays (in the order of schedule.inputs). sole: positions of
         in-place inputs that nothing but the tensor being updated refers to, so they may be written over;
-        the others are copied first."""
+        the others are copied first. skip: roots the caller doesn't need back (None in their place)."""
         args, outs = self._args(inputs, sole)
         blas_threads(self.blas_threads)
         self.entry(*args)
-        return self._shaped(inputs, outs)
+        return self._shaped(inputs, outs, skip)
 
     def run_profiled(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
         """Run kernel by kernel from Python, timing each (for PICOGRAD_DEBUG=2; the first call compiles the
