@@ -154,7 +154,8 @@ class Tensor(TensorOps):
         return self
 
     def numpy(self) -> np.ndarray:
-        self.realize()
+        if self.node.buffer is None or _pending._refs:  # (a realized value with nothing pending: no realize)
+            self.realize()
         data = self.node.buffer.data
         return np.array(data.copy_to_host() if hasattr(data, "copy_to_host") else data)
 
@@ -163,6 +164,9 @@ class Tensor(TensorOps):
     def item(self) -> Any:
         if self.size != 1:
             raise ValueError(f"item: only a one-element tensor can be converted to a scalar, got shape {self.shape}")
+        buf = self.node.buffer
+        if buf is not None and not _pending._refs and type(buf.data) is np.ndarray:
+            return buf.data.item()  # the common case after a training step: no copy, no realize
         return self.numpy().reshape(()).item()
 
     def __float__(self) -> float:
