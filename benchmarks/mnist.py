@@ -127,7 +127,33 @@ def _others_cores(before: tuple[float, float] | None, after: tuple[float, float]
     return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall)
 
 
-def run_model(model: str, trainers: list[str], data: tuple, epochs: int, seed: int, device: str) -> dict:
+def run_model(model: str, trainers: list[str], data: tuple, epochs: int, seed: int, device: str,
+              rounds: int = 1) -> dict:
+    """Each trainer's result; with rounds > 1 the trainers run round-robin (the order rotated each round) and
+    ms/step is the median of the rounds' medians, so a burst of load from other jobs hits one round, not one
+    trainer. Compile time comes from round 1 (later rounds find picograd's programs cached)."""
+    runs: dict[str, list[dict]] = {}
+    for k in range(rounds):
+        order = trainers[k % len(trainers):] + trainers[: k % len(trainers)]
+        if rounds > 1:
+            print(f" round {k + 1} of {rounds}", flush=True)
+        for name, r in _run_once(model, order, data, epochs, seed, device).items():
+            runs.setdefault(name, []).append(r)
+    results = {}
+    for name in trainers:
+        if name not in runs:
+            continue
+        rs = runs[name]
+        r = dict(rs[0])
+        ms = [x["ms_per_step"] for x in rs]
+        r.update(ms_per_step=statistics.median(ms), rounds_ms=ms, round_spread=max(ms) / min(ms),
+                 others_cores=statistics.median(x["others_cores"] for x in rs),
+                 epoch_spread=statistics.median(x["epoch_spread"] for x in rs))
+        results[name] = r
+    return results
+
+
+def _run_once(model: str, trainers: list[str], data: tuple, epochs: int, seed: int, device: str) -> dict:
     cfg = CONFIGS[model]
     results: dict[str, dict] = {}
     for name in trainers:
@@ -152,7 +178,7 @@ def run_model(model: str, trainers: list[str], data: tuple, epochs: int, seed: i
     return results
 
 
-def report(model: str, results: dict[str, dict], epochs: int) -> list[str]:
+def report(model: str, results: dict[str, dict], epochs: int, rounds: int = 1) -> list[str]:
     """Print the table; return the warnings about a busy machine."""
     cfg = CONFIGS[model]
     sizes, opt_kind, _, p = peers.model_config(model, None, cfg["lr"], None)
@@ -161,17 +187,20 @@ def report(model: str, results: dict[str, dict], epochs: int) -> list[str]:
     mom = peers.sgd_momentum(model, opt_kind)
     print(f"\n{model}: {'-'.join(map(str, sizes))}, {opt_kind} lr {cfg['lr']}"
           f"{f' momentum {mom}' if mom else ''}, batch {cfg['batch_size']}, "
-          f"dropout {p}, {epochs} epoch(s); medians over epochs")
+          f"dropout {p}, {epochs} epoch(s); medians over epochs"
+          + (f", then over {rounds} rounds (spread: slowest / fastest round)" if rounds > 1 else ""))
     print(f"{'trainer':16s} {'ms/step':>8s} {'s/epoch':>8s} {'compile s':>10s} {'/fastest peer':>14s} "
-          f"{'test acc':>9s} {'build ms':>9s}")
+          f"{'test acc':>9s} {'build ms':>9s}" + (f" {'spread':>7s}" if rounds > 1 else ""))
     warnings = []
     for name, r in results.items():
         label = LABELS.get(name, name)
         ratio = f"{r['ms_per_step'] / fastest:.2f}x" if fastest else "-"
         build = f"{r['build_ms']:.3f}" if "build_ms" in r else ""
         busy = r["others_cores"] > 0.2 or r["epoch_spread"] > 1.3
+        spread = f" {r['round_spread']:6.2f}x" if rounds > 1 else ""
         print(f"{label:16s} {r['ms_per_step']:8.3f} {statistics.median(r['s_per_epoch']):8.2f} "
-              f"{r['compile_s']:10.2f} {ratio:>14s} {100 * r['test_acc']:8.2f}% {build:>9s}{'  *' if busy else ''}")
+              f"{r['compile_s']:10.2f} {ratio:>14s} {100 * r['test_acc']:8.2f}% {build:>9s}{spread}"
+              f"{'  *' if busy else ''}")
         if busy:
             warnings.append(f"{model}/{label}: other processes kept {r['others_cores']:.2f} of {os.cpu_count()} "
                             f"cores busy; epoch times spread x{r['epoch_spread']:.2f}")
@@ -187,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=["mlp", "seed"])
     ap.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS))
     ap.add_argument("--epochs", type=int, default=3, help="per trainer; ms/step is the median over epochs")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the trainers round-robin this many times; ms/step is the median over rounds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", help="MNIST folder (default: $PICOGRAD_DATA/mnist)")
     ap.add_argument("--device", default="cpu")
@@ -207,9 +238,9 @@ def main(argv: list[str] | None = None) -> None:
         (x_train, y_train), test = train_set.arrays(normalize=norm), test_set.arrays(normalize=norm)
         data = (x_train[: args.limit], y_train[: args.limit], *test)  # limit None: everything
         print(f"\n== {model} (inputs {'standardized' if norm else 'in [0, 1]'})", flush=True)
-        all_results[model] = run_model(model, trainers, data, args.epochs, args.seed, args.device)
+        all_results[model] = run_model(model, trainers, data, args.epochs, args.seed, args.device, args.rounds)
     for model in args.models:
-        warnings += report(model, all_results[model], args.epochs)
+        warnings += report(model, all_results[model], args.epochs, args.rounds)
     if warnings:
         print("\nWARNING: the machine looked busy during some runs (marked *); their timings are unreliable:")
         print("\n".join("  " + w for w in warnings))

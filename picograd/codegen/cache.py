@@ -249,11 +249,11 @@ def _salt() -> str:
     import numba
 
     from .. import __version__
-    from . import blas
+    from . import blas, fpenv
 
     flags = f"parallel_min={cpu.PARALLEL_MIN} block={cpu.BLOCK} fastmath={cpu.FASTMATH}"  # the rest is in the source
-    # numba's cache doesn't see changes to callees in other files: the gemm intrinsic's source is in the key
-    blas_hash = hashlib.sha256(Path(blas.__file__).read_bytes()).hexdigest()[:12]
+    # numba's cache doesn't see changes to callees in other files: the intrinsics' sources are in the key
+    blas_hash = hashlib.sha256(Path(blas.__file__).read_bytes() + Path(fpenv.__file__).read_bytes()).hexdigest()[:12]
     return f"# picograd {__version__}, numba {numba.__version__}, numpy {np.__version__}, {flags}, blas {blas_hash}\n"
 
 

@@ -32,6 +32,7 @@ from ..ir.printer import GraphView
 from . import indexing as ix
 from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
 from .cpu_matmul import chunk_plan, gemm_lines, use_blocks
+from .fpenv import FLUSH
 from .schedule import Kernel, Schedule
 
 PARALLEL_MIN = int(os.environ.get("PICOGRAD_PARALLEL_MIN", 1 << 17))  # elements; smaller loops stay serial
@@ -348,6 +349,27 @@ class Rendered:
     over: dict[int, int] = field(default_factory=dict)  # id(output buffer node) -> input written over (no out arg)
 
 
+def _flushing(body: list[str]) -> list[str]:
+    """A function body (lines indented by 4) that runs with subnormals flushed to zero (fpenv.py): set on entry
+    and restored at the end, and likewise inside each prange loop, whose iterations run on worker threads with
+    their own MXCSR. Nothing when FLUSH is off. Generated bodies have no early return."""
+    if not FLUSH or not body or body == ["    pass"]:
+        return body
+    out = ["    fpm = fp_enter()  # subnormals flushed to zero (fpenv.py)"]
+    stack: list[int] = []  # indentation of the prange loops whose bodies are open
+    for ln in body:
+        ind = len(ln) - len(ln.lstrip())
+        while stack and ln.strip() and ind <= stack[-1]:
+            out.append(" " * (stack.pop() + 4) + "fp_exit(fpb)")
+        out.append(ln)
+        if re.match(r"\s*for \w+ in prange\(", ln):
+            stack.append(ind)
+            out.append(" " * (ind + 4) + "fpb = fp_enter()")
+    while stack:
+        out.append(" " * (stack.pop() + 4) + "fp_exit(fpb)")
+    return out + ["    fp_exit(fpm)"]
+
+
 def plan_scratch(sched: Schedule) -> tuple[dict[int, tuple[str, int, int]], dict[str, tuple[np.dtype, int]]]:
     """Give every intermediate buffer a slice of one arena per dtype; buffers whose lifetimes (producer kernel
     to last reader) don't overlap share memory. Returns id(node) -> (arena, offset, size), arena sizes."""
@@ -418,7 +440,7 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
         desc = ", ".join(node_label(o, num) for o in k.outputs)
         fn = [f"@{HEADER.format(par=', parallel=True' if c.parallel else '')}", f"def {k.name}({', '.join(params)}):",
               f'    """{k.kind} over [{",".join(map(str, k.domain))}] -> {desc}"""', *head]
-        fn += ["    " + ln for ln in c.body] or ["    pass"]
+        fn += _flushing(["    " + ln for ln in c.body]) or ["    pass"]
         src = "\n".join(fn)
         kernel_sources[k.name] = src
         funcs.append(src)
@@ -433,11 +455,13 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
         entry += ["    " + ln for ln in c.body]
     if len(entry) == 2:
         entry.append("    pass")
+    entry[2:] = _flushing(entry[2:])
     body = "\n".join(funcs)
     header = [f'"""picograd program {title}: {len(sched.kernels)} kernels (generated; edits are overwritten)."""',
               "import math", "", "import numpy as np",
               "from numba import njit, prange  # noqa: F401", "",
               f"from picograd.codegen.blas import gemm{', gemm_ldc' if 'gemm_ldc(' in body else ''}  # noqa: F401",
+              *(["from picograd.codegen.fpenv import fp_enter, fp_exit  # noqa: F401"] if FLUSH else []),
               "",
               f"FASTMATH = {FASTMATH}",
               f"RAND_GOLDEN = np.uint64({ops.RAND_GOLDEN})", f"RAND_MUL1 = np.uint64({ops.RAND_MUL1})",
