@@ -291,8 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--out", default="picograd-dump", help="output folder (default: ./picograd-dump)")
     p.add_argument("--no-svg", action="store_true", help="do not call Graphviz's dot")
-    p.add_argument("--no-profile", action="store_true", help="skip per-kernel timing (it compiles each kernel "
-                   "on its own once more, on top of the program)")
+    p.add_argument("--no-profile", action="store_true", help="skip per-kernel timing (the entry's timed path is "
+                   "the same compiled function; this only skips reading the clock)")
     p.add_argument("target", help="script.py, pkg.module:function or path/to/file.py:function")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments (sys.argv[1:]; a function is "
                    "called with none and finds them there, like a console-script entry point)")

@@ -226,22 +226,19 @@ class Program:
         the others are copied first. skip: roots the caller doesn't need back (None in their place)."""
         args, outs = self._args(inputs, sole)
         blas_threads(self.blas_threads)
-        self.entry(*args)
+        self.entry(*args, _NO_TIMES)
         return self._shaped(inputs, outs, skip)
 
     def run_profiled(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
-        """Run kernel by kernel from Python, timing each (for PICOGRAD_DEBUG=2; the first call compiles the
-        kernel functions, which the plain entry never needs)."""
+        """Run, timing each kernel where it runs, inside the entry (for PICOGRAD_DEBUG=2 and picograd-dump)."""
         args, outs = self._args(inputs)
         blas_threads(self.blas_threads)
-        times = []
-        for k in self.kernels:
-            fn = getattr(self.module, k.name)
-            kargs = [args[i] for i in self.kernel_args[k.name]]
-            t0 = time.perf_counter()
-            fn(*kargs)
-            times.append(time.perf_counter() - t0)
-        return self._shaped(inputs, outs), times
+        stamps = np.zeros(len(self.kernels) + 1, np.int64)
+        self.entry(*args, stamps)
+        return self._shaped(inputs, outs), [float(d) * 1e-9 for d in np.diff(stamps)]
+
+
+_NO_TIMES = np.zeros(0, np.int64)  # the entry's `times` argument when not profiling
 
 
 @functools.lru_cache(maxsize=1)
@@ -249,11 +246,11 @@ def _salt() -> str:
     import numba
 
     from .. import __version__
-    from . import blas, fpenv
+    from . import blas, clock, fpenv
 
     flags = f"parallel_min={cpu.PARALLEL_MIN} block={cpu.BLOCK} fastmath={cpu.FASTMATH}"  # the rest is in the source
     # numba's cache doesn't see changes to callees in other files: the intrinsics' sources are in the key
-    blas_hash = hashlib.sha256(Path(blas.__file__).read_bytes() + Path(fpenv.__file__).read_bytes()).hexdigest()[:12]
+    blas_hash = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (blas, clock, fpenv))).hexdigest()[:12]
     return f"# picograd {__version__}, numba {numba.__version__}, numpy {np.__version__}, {flags}, blas {blas_hash}\n"
 
 
@@ -320,7 +317,7 @@ def _signature(args: list[str], sched, rendered: cpu.Rendered) -> tuple:
 
     dts = [n.dtype for n in sched.inputs] + [n.dtype for n in sched.out_buffers if id(n) not in rendered.over]
     dts += [rendered.scratch[a][0] for a in args[len(dts):]]
-    return tuple(types.Array(from_dtype(np.dtype(d)), 1, "C") for d in dts)
+    return tuple(types.Array(from_dtype(np.dtype(d)), 1, "C") for d in dts + [np.int64])  # + times
 
 
 def _compile(entry: Any, sig: tuple, path: Path) -> bool:

@@ -426,7 +426,9 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
     codes = [r.kernel(k) for k in sched.kernels]
     kernel_sources: dict[str, str] = {}
     funcs: list[str] = []
-    entry = [f"@{HEADER.format(par='')}", f"def program({sig}):"]
+    # `times`: an int64 array of len(kernels) + 1 to fill with clock readings around each kernel
+    # (Program.run_profiled), or an empty one; a branch per kernel, nothing else, when not timing
+    entry = [f"@{HEADER.format(par='')}", f"def program({sig}, times):", "    timed = times.size > 0"]
     declared: set[int] = set()
     kernel_args: dict[str, list[int]] = {}
     for c in codes:
@@ -445,6 +447,7 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
         kernel_sources[k.name] = src
         funcs.append(src)
         entry.append(f"    # ---- {k.name}: {desc}")
+        entry += ["    if timed:", f"        times[{k.index}] = now_ns()"]
         if c.parallel:
             entry.append(f"    {k.name}({', '.join(params)})")
             continue
@@ -453,14 +456,14 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
                 declared.add(id(n))
                 entry.append(f"    {views[id(n)]}")
         entry += ["    " + ln for ln in c.body]
-    if len(entry) == 2:
-        entry.append("    pass")
+    entry += ["    if timed:", f"        times[{len(codes)}] = now_ns()"]
     entry[2:] = _flushing(entry[2:])
     body = "\n".join(funcs)
     header = [f'"""picograd program {title}: {len(sched.kernels)} kernels (generated; edits are overwritten)."""',
               "import math", "", "import numpy as np",
               "from numba import njit, prange  # noqa: F401", "",
               f"from picograd.codegen.blas import gemm{', gemm_ldc' if 'gemm_ldc(' in body else ''}  # noqa: F401",
+              "from picograd.codegen.clock import now_ns  # noqa: F401",
               *(["from picograd.codegen.fpenv import fp_enter, fp_exit  # noqa: F401"] if FLUSH else []),
               "",
               f"FASTMATH = {FASTMATH}",
