@@ -229,13 +229,15 @@ class Program:
         self.entry(*args, _NO_TIMES)
         return self._shaped(inputs, outs, skip)
 
-    def run_profiled(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
-        """Run, timing each kernel where it runs, inside the entry (for PICOGRAD_DEBUG=2 and picograd-dump)."""
+    def run_profiled(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float] | None]:
+        """Run, timing each kernel where it runs, inside the entry (for PICOGRAD_DEBUG=2 and picograd-dump);
+        no times (None) where generated code has no clock (clock.AVAILABLE)."""
         args, outs = self._args(inputs)
         blas_threads(self.blas_threads)
         stamps = np.zeros(len(self.kernels) + 1, np.int64)
         self.entry(*args, stamps)
-        return self._shaped(inputs, outs), [float(d) * 1e-9 for d in np.diff(stamps)]
+        times = [float(d) * 1e-9 for d in np.diff(stamps)] if stamps[-1] else None
+        return self._shaped(inputs, outs), times
 
 
 _NO_TIMES = np.zeros(0, np.int64)  # the entry's `times` argument when not profiling

@@ -5,6 +5,7 @@ compiled each a second time and misjudged the blocked ones, whose cost depends o
 
 from __future__ import annotations
 
+import sys
 import time
 
 from llvmlite import ir
@@ -12,7 +13,8 @@ from numba import config, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-_CLOCK_MONOTONIC = 1  # Linux; macOS's value differs (6), and Windows has no clock_gettime
+_CLOCK_MONOTONIC = 6 if sys.platform == "darwin" else 1
+AVAILABLE = sys.platform != "win32"  # no clock_gettime there: programs are then rendered without timing
 
 
 @intrinsic

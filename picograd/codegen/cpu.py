@@ -30,6 +30,7 @@ from ..ir import ops
 from ..ir.node import Node
 from ..ir.printer import GraphView
 from . import indexing as ix
+from .clock import AVAILABLE as CLOCK
 from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
 from .cpu_matmul import chunk_plan, gemm_lines, use_blocks
 from .fpenv import FLUSH
@@ -447,7 +448,7 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
         kernel_sources[k.name] = src
         funcs.append(src)
         entry.append(f"    # ---- {k.name}: {desc}")
-        entry += ["    if timed:", f"        times[{k.index}] = now_ns()"]
+        entry += ["    if timed:", f"        times[{k.index}] = now_ns()"] if CLOCK else []
         if c.parallel:
             entry.append(f"    {k.name}({', '.join(params)})")
             continue
@@ -456,14 +457,14 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
                 declared.add(id(n))
                 entry.append(f"    {views[id(n)]}")
         entry += ["    " + ln for ln in c.body]
-    entry += ["    if timed:", f"        times[{len(codes)}] = now_ns()"]
+    entry += ["    if timed:", f"        times[{len(codes)}] = now_ns()"] if CLOCK else ["    pass"]
     entry[2:] = _flushing(entry[2:])
     body = "\n".join(funcs)
     header = [f'"""picograd program {title}: {len(sched.kernels)} kernels (generated; edits are overwritten)."""',
               "import math", "", "import numpy as np",
               "from numba import njit, prange  # noqa: F401", "",
               f"from picograd.codegen.blas import gemm{', gemm_ldc' if 'gemm_ldc(' in body else ''}  # noqa: F401",
-              "from picograd.codegen.clock import now_ns  # noqa: F401",
+              *(["from picograd.codegen.clock import now_ns  # noqa: F401"] if CLOCK else []),
               *(["from picograd.codegen.fpenv import fp_enter, fp_exit  # noqa: F401"] if FLUSH else []),
               "",
               f"FASTMATH = {FASTMATH}",
