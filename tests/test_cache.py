@@ -157,3 +157,45 @@ def test_cache_stats_and_program_interface(monkeypatch) -> None:
     assert prog.source.count("@njit") == len(prog.kernels) + 1 and "def program(" in prog.source
     assert Path(prog.module_path).read_text() == prog.source
     np.testing.assert_allclose(prog.run([x.numpy()])[0], y.numpy())
+
+
+HELPER_SCRIPT = textwrap.dedent("""
+    import json
+    import numpy as np
+    import picograd as pg
+    from picograd.codegen import cache
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((64, 48)).astype(np.float32)
+    x = pg.Tensor(a)
+    s = (x.exp() * 0.5).sum(0)              # three kernels over different domains or axes
+    t = (x.T.tanh() + 1.0).relu()
+    u = (x * x).sum(1)
+    pg.realize(s, t, u)
+    ok = (np.allclose(s.numpy(), (np.exp(a) * 0.5).sum(0), rtol=1e-4, atol=1e-4)
+          and np.allclose(t.numpy(), np.maximum(np.tanh(a.T) + 1.0, 0), rtol=1e-5, atol=1e-6)
+          and np.allclose(u.numpy(), (a * a).sum(1), rtol=1e-4, atol=1e-4))
+    prog = [p for p in cache._programs.values() if p is not cache._EXPAND][-1]
+    parallel = sum("parallel=True" in src.split(chr(10), 1)[0] for src in prog.kernel_sources.values())
+    print(json.dumps({"ok": bool(ok), "parallel": parallel, "stats": cache.cache_stats()}))
+""")
+
+
+def test_parallel_kernels_compile_on_two_cores(tmp_path) -> None:
+    """A new program with several parallel kernels has about half of them compiled by a helper process
+    (compile_helper.py) into the disk cache; the results are the same, and a later process loads everything."""
+    env = dict(os.environ, PICOGRAD_BACKEND="cpu", PICOGRAD_CACHE_DIR=str(tmp_path), PYTHONPATH=ROOT,
+               PICOGRAD_PARALLEL_MIN="64")
+    env.pop("NUMBA_DISABLE_JIT", None)
+
+    def run() -> dict:
+        r = subprocess.run([sys.executable, "-c", HELPER_SCRIPT], env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert first["ok"] and first["parallel"] >= 2
+    if (os.cpu_count() or 1) >= 2:
+        assert first["stats"]["helper_kernels"] == first["parallel"] // 2 + first["parallel"] % 2
+    second = run()
+    assert second["ok"] and second["stats"]["disk_hits"] == 1 and second["stats"]["helper_kernels"] == 0

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..ir import ops
 from ..ir.node import Node
-from . import cpu
+from . import compile_helper, cpu
 from .schedule import Kernel, schedule, view_base, writable_in_place
 from .threads import blas_threads
 
@@ -40,7 +40,8 @@ MAX_COMPILE_NODES = int(os.environ.get("PICOGRAD_MAX_COMPILE_NODES", "3000"))
 MAX_PROGRAMS = int(os.environ.get("PICOGRAD_MAX_PROGRAMS", "512"))  # compiled programs kept in memory
 _EXPAND = object()  # memory-cache marker: this structure must be keyed after autodiff (see run_graph)
 _programs: dict[tuple, Any] = {}
-_stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "compile_s": 0.0}
+# helper_kernels: parallel kernels a helper process compiled (compile_helper.py)
+_stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "compile_s": 0.0, "helper_kernels": 0}
 
 
 def cache_dir() -> Path:
@@ -57,7 +58,7 @@ def cache_stats() -> dict:
 
 
 def reset_cache_stats(clear_memory: bool = False) -> None:
-    _stats.update(memory_hits=0, disk_hits=0, misses=0, compile_s=0.0)
+    _stats.update(memory_hits=0, disk_hits=0, misses=0, compile_s=0.0, helper_kernels=0)
     if clear_memory:
         _programs.clear()
 
@@ -286,13 +287,14 @@ def _purge_numba_cache(path: Path) -> None:
                 pass
 
 
-def _load_module(source: str) -> tuple[Any, Path]:
+def _load_module(source: str) -> tuple[Any, Path, bool]:
+    """The generated module (imported), its path, and whether the file was written just now."""
     digest = hashlib.sha256(source.encode()).hexdigest()[:24]
     name = f"pg_{digest}"
     path = cache_dir() / "cpu" / f"{name}.py"
     mod = sys.modules.get(name)
     if mod is not None:
-        return mod, path
+        return mod, path, False
     try:
         ok = path.read_text() == source
     except (OSError, UnicodeDecodeError):
@@ -310,7 +312,7 @@ def _load_module(source: str) -> tuple[Any, Path]:
     except BaseException:
         sys.modules.pop(name, None)
         raise
-    return mod, path
+    return mod, path, not ok
 
 
 def _signature(args: list[str], sched, rendered: cpu.Rendered) -> tuple:
@@ -359,10 +361,16 @@ def build(roots: list[Node], inputs: list[Node], key_hash: str, updates: dict[in
     in_place = _in_place(sched, roots, updates) if updates else {}
     rendered = cpu.render_program(sched, key_hash, {id(sched.out_buffers[j]): i for j, i in in_place.items()})
     source = _salt() + rendered.source
-    mod, path = _load_module(source)
+    mod, path, fresh = _load_module(source)
     entry = mod.program
     jit = hasattr(entry, "compile")  # False under NUMBA_DISABLE_JIT=1: plain Python
-    from_disk = _compile(entry, _signature(rendered.args, sched, rendered), path) if jit else False
+    sig = _signature(rendered.args, sched, rendered)
+    if jit and fresh and compile_helper.enabled():
+        jobs = [(k.name, tuple(sig[i] for i in rendered.kernel_args[k.name])) for k in sched.kernels
+                if "parallel=True" in rendered.kernel_sources[k.name].split("\n", 1)[0]]
+        if len(jobs) >= 2:
+            _stats["helper_kernels"] += compile_helper.compile_split(mod, path, jobs)
+    from_disk = _compile(entry, sig, path) if jit else False
     scratch = [np.zeros(max(size, 1), dt) for _, (dt, size) in sorted(rendered.scratch.items())]
     out_specs = [(n.size, np.dtype(n.dtype)) for n in sched.out_buffers]
     pos_in = {id(n): i for i, n in enumerate(sched.inputs)}
