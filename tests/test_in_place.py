@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_jit import _step_fn  # the usual training step
 
 import picograd as pg
 from picograd import nn, optim
@@ -13,7 +14,6 @@ from picograd.codegen.schedule import schedule, writable_in_place
 from picograd.ir import build as B
 from picograd.ir.node import Buffer, buffer_node
 from picograd.jit import _calibrate
-from picograd.nn import functional as F
 
 
 def _address(t: pg.Tensor) -> int:
@@ -29,14 +29,7 @@ def _mlp_step(opt_name: str = "adam"):  # noqa: ANN202
         else optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     )
 
-    @pg.jit
-    def step(x: pg.Tensor, y: pg.Tensor) -> pg.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = pg.jit(_step_fn(model, opt))
     rng = np.random.default_rng(0)
     batches = [(rng.standard_normal((8, 12)).astype(np.float32), rng.integers(0, 4, 8)) for _ in range(12)]
     return model, opt, step, batches
