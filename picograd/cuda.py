@@ -105,7 +105,7 @@ def prepare_nodes(todo: list[Node]) -> tuple[Callable[[list[Any]], list[CudaArra
 
     Like the "cpu" backend, the cache key is taken on the graph as built, grad placeholders included, so
     a cached training step skips autodiff; the program records which of the key's inputs it reads."""
-    from .codegen.cache import graph_key
+    from .codegen.key import graph_key
     from .ir.autodiff import expand_grads
 
     _require()
@@ -128,8 +128,8 @@ def prepare_nodes(todo: list[Node]) -> tuple[Callable[[list[Any]], list[CudaArra
 
 def _build(todo: list[Node], key: Any, inputs: list[Node], has_grad: bool
            ) -> tuple[tuple[Any, list[int]], list[Node]]:
-    from .codegen.cache import graph_key
     from .codegen.cuda import CudaProgram
+    from .codegen.key import graph_key
     from .ir.autodiff import expand_grads
     from .ir.node import toposort
 

@@ -224,8 +224,9 @@ class _Plan:
     actions: list[recording.HostAction]
     host_devices: list[str | None]  # per action: the device of the buffer it feeds (None: an effect)
     writes: list[tuple[weakref.ref, int, str]]  # tensor assigned by the step, output index, device
-    donations: list[int]  # input slots the program updates in place: written over when their tensor alone holds them
-    donated_root: dict[int, int]  # donation slot -> the root (output index) that writes over it
+    # input slots the program updates in place (written over when their tensor alone holds them) -> the root
+    # (output index) that writes over each
+    donated_root: dict[int, int]
     kept: frozenset[int]  # the donated roots whose tensor keeps its Buffer when all donations hold
     kept_not: frozenset[int]  # roots returned or written twice (their results are always needed)
     returns: list[tuple[int, str, Tensor | None]]  # per returned tensor: output index (or -1) and device
@@ -272,13 +273,17 @@ class _Plan:
             for t, n in zip(tensors, nodes[: len(tensors)], strict=True)
         ]
         p.donated_root = _in_place_slots(cap["run"], p.slots, p.writes)
-        p.donations = list(p.donated_root)
         # roots also returned, or written to two tensors: their results are always needed
         p.kept_not = frozenset(j for j, _, _ in p.returns if j >= 0) | {
             j for k, (_, j, _) in enumerate(p.writes) if any(w[1] == j for w in p.writes[k + 1 :])
         }
         p.kept = frozenset(p.donated_root.values()) - p.kept_not
         return p
+
+    @property
+    def donations(self) -> list[int]:
+        """The input slots the program updates in place."""
+        return list(self.donated_root)
 
     def differs(self, other: _Plan) -> str | None:
         """Why two traces of the same signature can't share one replay, or None when they agree."""
@@ -320,7 +325,7 @@ class _Plan:
                 src = f"host scalar from {self.actions[x].tag}"
             elif kind == "owner":
                 src = f"current value of a {_describe(x)} tensor"
-                if j in self.donations:
+                if j in self.donated_root:
                     src += ", updated in place"
             else:
                 src = f"constant {_describe(x)} frozen at the trace"
@@ -332,13 +337,13 @@ class _Plan:
 
     def replay(self, flat: list[Tensor]) -> Any:
         sole = []
-        for i in self.donations:
+        for i in self.donated_root:
             t = self.slots[i][1]()
             if t is not None and _sole_value(t):
                 sole.append(i)
-            del t
         # a tensor updated in its own array keeps its Buffer: no new Buffer, node or reshaped view for it
-        skip = self.kept if len(sole) == len(self.donations) else {self.donated_root[i] for i in sole} - self.kept_not
+        every = len(sole) == len(self.donated_root)
+        skip = self.kept if every else {self.donated_root[i] for i in sole} - self.kept_not
         host: list[Any] = []
         for a, dev in zip(self.actions, self.host_devices, strict=True):
             v = a.fn()
@@ -360,7 +365,7 @@ class _Plan:
                 arrays.append(host[x])
             else:
                 arrays.append(x.data)
-        outs = self.run(arrays, sole, skip) if self.donations else self.run(arrays)
+        outs = self.run(arrays, sole, skip) if self.donated_root else self.run(arrays)
         for ref, j, dev in self.writes:
             t = ref()
             if t is not None and outs[j] is not None:

@@ -1,7 +1,7 @@
 """Compiled programs, cached in memory and on disk.
 
-Key: the graph's structure with realized inputs numbered by position (`graph_key`, a faster walk than
-ir.node.structural_key with the same meaning), looked up in memory first. On a miss the graph is scheduled
+Key: the graph's structure with realized inputs numbered by position (key.py's `graph_key`), looked up in
+memory first. On a miss the graph is scheduled
 and rendered; the generated module is written under `$PICOGRAD_CACHE_DIR/cpu` (default ~/.cache/picograd/cpu)
 as `pg_<sha256 of its source>.py`, atomically, then imported (registered in sys.modules first) so that
 numba's `cache=True` keeps the machine code next to it in `__pycache__/`. The source embeds everything the
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import ops
 from ..ir.node import Node
 from . import compile_helper, cpu
+from .key import graph_key, key_digest, with_updates
 from .schedule import Kernel, schedule, view_base, writable_in_place
 from .threads import blas_threads
 
@@ -61,94 +61,6 @@ def reset_cache_stats(clear_memory: bool = False) -> None:
     _stats.update(memory_hits=0, disk_hits=0, misses=0, compile_s=0.0, helper_kernels=0)
     if clear_memory:
         _programs.clear()
-
-
-# ---- the key --------------------------------------------------------------------------------------------
-def graph_key(roots: list[Node]) -> tuple[tuple, list[Node], bool, bool]:
-    """(key, inputs, has_grad, opaque): the structure of the graph computing roots, realized nodes as numbered
-    inputs. has_grad: it holds unexpanded grad placeholders; opaque: it also holds a realized node with
-    sources, below which autodiff may need to look, so the key after expansion must be used instead.
-
-    This runs on every realize, so it is written for speed: a recursive post-order walk (nodes hash by
-    identity), with an iterative walk of the same order for graphs deeper than Python's recursion limit."""
-    try:
-        return _key_recursive(roots)
-    except RecursionError:
-        return _key_iterative(roots)
-
-
-def _key_recursive(roots: list[Node]) -> tuple[tuple, list[Node], bool, bool]:
-    index: dict[Node, int] = {}
-    rows: list[tuple] = []
-    inputs: list[Node] = []
-    flags = [False, False]
-    grad, const = ops.GRAD, ops.CONST
-
-    def visit(n: Node) -> int:
-        i = index.get(n)
-        if i is not None:
-            return i
-        if n.buffer is not None:
-            i = index[n] = len(rows)
-            rows.append((len(inputs), n.dtype, n.shape))
-            inputs.append(n)
-            if n.srcs:
-                flags[1] = True
-            return i
-        srcs = n.srcs
-        if len(srcs) == 1:
-            s: tuple = (visit(srcs[0]),)
-        elif len(srcs) == 2:
-            s = (visit(srcs[0]), visit(srcs[1]))
-        else:
-            s = tuple([visit(x) for x in srcs])
-        i = index[n] = len(rows)
-        op = n.op
-        if op == grad:
-            flags[0] = True
-        # repr tells -0.0 from 0.0 (equal, so one cached program would serve both with the first one's sign)
-        rows.append((op, s, n.dtype, n.shape, n.arg if op != const else repr(n.arg)))
-        return i
-
-    try:
-        outs = tuple([visit(r) for r in roots])
-    finally:
-        visit = None  # noqa: F841 - the closure refers to itself: break the cycle, or it keeps the graph alive
-    return (tuple(rows), outs), inputs, flags[0], flags[1]
-
-
-def _key_iterative(roots: list[Node]) -> tuple[tuple, list[Node], bool, bool]:
-    index: dict[Node, int] = {}
-    rows: list[tuple] = []
-    inputs: list[Node] = []
-    has_grad = opaque = False
-    for root in roots:
-        stack = [root]
-        while stack:
-            n = stack[-1]
-            if n in index:
-                stack.pop()
-                continue
-            if n.buffer is not None:
-                stack.pop()
-                index[n] = len(rows)
-                rows.append((len(inputs), n.dtype, n.shape))
-                inputs.append(n)
-                opaque = opaque or bool(n.srcs)
-                continue
-            srcs = n.srcs
-            todo = [s for s in srcs if s not in index]
-            if todo:
-                todo.reverse()
-                stack.extend(todo)
-                continue
-            stack.pop()
-            index[n] = len(rows)
-            if n.op == ops.GRAD:
-                has_grad = True
-            arg = n.arg if n.op != ops.CONST else repr(n.arg)
-            rows.append((n.op, tuple([index[s] for s in srcs]), n.dtype, n.shape, arg))
-    return (tuple(rows), tuple([index[r] for r in roots])), inputs, has_grad, opaque
 
 
 # ---- programs -------------------------------------------------------------------------------------------
@@ -366,8 +278,7 @@ def build(roots: list[Node], inputs: list[Node], key_hash: str, updates: dict[in
     jit = hasattr(entry, "compile")  # False under NUMBA_DISABLE_JIT=1: plain Python
     sig = _signature(rendered.args, sched, rendered)
     if jit and fresh and compile_helper.enabled():
-        jobs = [(k.name, tuple(sig[i] for i in rendered.kernel_args[k.name])) for k in sched.kernels
-                if "parallel=True" in rendered.kernel_sources[k.name].split("\n", 1)[0]]
+        jobs = [(name, tuple(sig[i] for i in rendered.kernel_args[name])) for name in rendered.parallel_kernels]
         if len(jobs) >= 2:
             _stats["helper_kernels"] += compile_helper.compile_split(mod, path, jobs)
     from_disk = _compile(entry, sig, path) if jit else False
@@ -380,10 +291,6 @@ def build(roots: list[Node], inputs: list[Node], key_hash: str, updates: dict[in
     return Program(key_hash, sched, source, rendered.kernel_sources, str(path), rendered.args, entry, out_specs,
                    results, scratch, from_cache="disk" if from_disk else None, module=mod,
                    kernel_args=rendered.kernel_args, in_place=in_place, blas_threads=rendered.blas_threads)
-
-
-def key_digest(key: tuple) -> str:
-    return hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
 
 def _lookup(todo: list[Node], key: tuple, inputs: list[Node], has_grad: bool,
@@ -442,22 +349,13 @@ def prepare(todo: list[Node]) -> tuple[Program | None, bool, list[np.ndarray], l
     return prog, hit, [n.buffer.data for n in inputs], expanded
 
 
-def _with_updates(key: tuple, inputs: list[Node], updates: dict[int, Node] | None) -> tuple:
-    """The key of a program that may compute some roots in place (see build): which root replaces which input
-    is part of its structure."""
-    if not updates:
-        return key
-    pos = {id(n): i for i, n in enumerate(inputs)}
-    return key + (tuple(sorted((r, pos[id(old)]) for r, old in updates.items() if id(old) in pos)),)
-
-
 def prepare_nodes(todo: list[Node], updates: dict[int, Node] | None = None
                   ) -> tuple[Program | None, bool, list[Node], list[Node] | None]:
     """As prepare, with the program's input nodes (in the order run() takes their arrays) instead of arrays.
     updates: root position -> the realized node that root's value replaces (an optimizer's assign): the
     program may then compute it in place (Program.in_place)."""
     key, inputs, has_grad, opaque = graph_key(todo)
-    key = _with_updates(key, inputs, updates)
+    key = with_updates(key, inputs, updates)
     if len(key[0]) > MAX_COMPILE_NODES:
         _warn_large(len(key[0]))
         return None, False, [], None
@@ -473,14 +371,14 @@ def prepare_nodes(todo: list[Node], updates: dict[int, Node] | None = None
 
         expanded = expand_grads(todo)
         key, inputs, has_grad, _ = graph_key(expanded)
-        key = _with_updates(key, inputs, updates)
+        key = with_updates(key, inputs, updates)
         todo = expanded
     try:
         prog, hit = _lookup(todo, key, inputs, has_grad, updates)
     except _Reexpand as e:
         expanded = e.roots
         key, inputs, has_grad, _ = graph_key(expanded)
-        key = _with_updates(key, inputs, updates)
+        key = with_updates(key, inputs, updates)
         prog, hit = _lookup(expanded, key, inputs, has_grad, updates)
     slots = prog.input_slots
     return prog, hit, inputs if slots is None else [inputs[i] for i in slots], expanded

@@ -48,15 +48,14 @@ def compile_split(mod: Any, path: Path, jobs: list[tuple[str, tuple]]) -> int:
     root = str(Path(__file__).resolve().parents[2])  # the folder picograd imports from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     helper = subprocess.Popen([sys.executable, "-c", _HELPER, str(path), mod.__name__, spec], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for fn, sig in ours:
             getattr(mod, fn).compile(sig)
     finally:
         try:
-            _, err = helper.communicate(timeout=TIMEOUT_S)
+            helper.wait(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            helper.kill()
-            helper.communicate()
-            return 0
+            helper.kill()  # (a negative return code: counted as failed below)
+            helper.wait()
     return len(theirs) if helper.returncode == 0 else 0

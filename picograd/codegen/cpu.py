@@ -344,7 +344,7 @@ class Rendered:
     kernel_sources: dict[str, str]  # kernel name -> its function's source
     args: list[str]  # the entry's parameters, in order
     scratch: dict[str, tuple[np.dtype, int]]  # arena name -> (dtype, elements)
-    parallel: bool  # any kernel uses prange
+    parallel_kernels: list[str]  # the kernels that use prange (separate parallel=True functions)
     kernel_args: dict[str, list[int]] = field(default_factory=dict)  # kernel -> positions of its arguments in args
     blas_threads: int = 0  # OpenBLAS threads while it runs: 1 when matmuls run in blocks, 0 for all
     over: dict[int, int] = field(default_factory=dict)  # id(output buffer node) -> input written over (no out arg)
@@ -472,5 +472,5 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
               f"RAND_MUL2 = np.uint64({ops.RAND_MUL2})", f"MASK32 = np.uint64({ops.MASK32})",
               "U8, U15, U16 = np.uint64(8), np.uint64(15), np.uint64(16)", *r.consts.lines, ""]
     source = "\n".join(header) + "\n\n" + "\n\n\n".join(funcs + ["\n".join(entry)]) + "\n"
-    return Rendered(source, kernel_sources, args, arenas, any(c.parallel for c in codes), kernel_args,
+    return Rendered(source, kernel_sources, args, arenas, [c.kernel.name for c in codes if c.parallel], kernel_args,
                     blas_threads=1 if blocks else 0, over=dict(over))
