@@ -5,7 +5,11 @@ the `reference_backend` fixture for tests about semantics rather than about a ba
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import threading
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -42,3 +46,75 @@ def reference_backend(monkeypatch: pytest.MonkeyPatch) -> str:
     of distinct graph structures, each a Numba compile on the default backend (minutes on 2 cores)."""
     monkeypatch.setenv("PICOGRAD_BACKEND", REFERENCE_BACKEND)
     return REFERENCE_BACKEND
+
+
+class _Background:
+    """Slow subprocess checks that the selected tests need, started when collection ends and run one after
+    another on a thread, so they use the second core while the rest of the suite runs (the CUDA simulator
+    workers are ~140 s of a ~390 s suite on 2 cores). A test module declares them as
+    BACKGROUND = {fixture name: (argv, environment)}; its fixture asks for the result by name."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Future] = {}
+        self.proc: subprocess.Popen | None = None
+        self.stopped = False
+
+    def start(self, wanted: dict[str, tuple[list[str], dict[str, str]]]) -> None:
+        self.jobs = {name: Future() for name in wanted}
+        threading.Thread(target=self._run, args=(wanted,), name="picograd-background", daemon=True).start()
+
+    def _run(self, wanted: dict[str, tuple[list[str], dict[str, str]]]) -> None:
+        for name, (argv, env) in wanted.items():
+            fut = self.jobs[name]
+            if self.stopped:
+                fut.set_exception(RuntimeError("the test session ended before this job ran"))
+                continue
+            try:
+                fut.set_result(self._call(argv, env, keep=True))
+            except BaseException as e:  # noqa: BLE001 - handed to the fixture that waits for it
+                fut.set_exception(e)
+
+    def _call(self, argv: list[str], env: dict[str, str], keep: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if keep:
+            self.proc = proc
+        try:
+            out, err = proc.communicate(timeout=1200)
+        except BaseException:
+            proc.kill()
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def result(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        """The job's finished process; run here and now when it wasn't started in the background."""
+        fut = self.jobs.get(name)
+        return fut.result() if fut is not None else self._call(argv, env)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+
+_background = _Background()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted: dict[str, Any] = {}
+    for item in session.items:
+        jobs = getattr(getattr(item, "module", None), "BACKGROUND", None) or {}
+        for name in getattr(item, "fixturenames", ()):
+            if name in jobs and name not in wanted:
+                wanted[name] = jobs[name]
+    if wanted and os.environ.get("PICOGRAD_TEST_BACKGROUND", "1") != "0":
+        _background.start(wanted)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _background.stop()
+
+
+@pytest.fixture(scope="session")
+def background() -> _Background:
+    """Results of the subprocess jobs test modules declare in BACKGROUND (see _Background)."""
+    return _background

@@ -3,8 +3,9 @@
 * Simulator: the op table (forward + gradients, against eager numpy), a small MLP trained with dropout and
   Adam (against the numpy backend, with parameters and optimizer state checked to stay on the device), multi-
   tile matmuls, long reductions and device moves run on numba's CUDA simulator. The simulator must be
-  switched on before numba is imported, so tests/cuda_sim_worker.py runs them in a subprocess; each check is
-  reported here as its own test. The reductions run again with each reduction template forced.
+  switched on before numba is imported, so tests/cuda_sim_worker.py runs them in a subprocess (started in the
+  background when collection ends: conftest.py's BACKGROUND jobs); each check is reported here as its own
+  test. The reductions run again with each reduction template forced.
 * PTX: a training step's kernels (and a few rows with transcendental, integer and bool ops) compile to PTX
   for sm_90 with numba-cuda's NVVM, and hold no float64 instruction.
 * Errors: device="cuda" without numba-cuda or a GPU raises a clear CudaUnavailable.
@@ -18,7 +19,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 from typing import Any
 
@@ -36,12 +36,23 @@ EXTRA = ["mlp_train", "mlp_cache_hit", "mlp_jit", "matmul_tiles", "long_reductio
 REDUCING = [r.name for r in ROWS if re.search(r"sum|mean|max|min|softmax|argmax|loss|entropy|mlp|matmul|dot", r.name)]
 
 
-def _worker(env: dict[str, str], args: list[str]) -> dict[str, str]:
+def _job(env: dict[str, str], args: list[str]) -> tuple[list[str], dict[str, str]]:
+    full = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore", **env)
+    return [sys.executable, os.path.join(HERE, "cuda_sim_worker.py"), *args], full
+
+
+# The three simulator runs take minutes: conftest.py starts them in the background when these tests are selected.
+BACKGROUND = {
+    "sim": _job({}, []),
+    "sim_tree": _job({"PICOGRAD_CUDA_REDUCE": "tree"}, REDUCING),
+    "sim_split": _job({"PICOGRAD_CUDA_REDUCE": "split"}, REDUCING),
+}
+
+
+def _worker(background: Any, name: str) -> dict[str, str]:
     if importlib.util.find_spec("numba") is None:
         pytest.skip("numba is not installed")
-    full = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONWARNINGS="ignore", **env)
-    p = subprocess.run([sys.executable, os.path.join(HERE, "cuda_sim_worker.py"), *args], env=full,
-                       capture_output=True, text=True, timeout=1200)
+    p = background.result(name, *BACKGROUND[name])
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("CUDA_RESULTS ")]
     if not lines:
         pytest.fail(f"the simulator worker crashed (rc={p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
@@ -49,18 +60,18 @@ def _worker(env: dict[str, str], args: list[str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sim() -> dict[str, str]:
-    return _worker({}, [])
+def sim(background: Any) -> dict[str, str]:
+    return _worker(background, "sim")
 
 
 @pytest.fixture(scope="module")
-def sim_tree() -> dict[str, str]:
-    return _worker({"PICOGRAD_CUDA_REDUCE": "tree"}, REDUCING)
+def sim_tree(background: Any) -> dict[str, str]:
+    return _worker(background, "sim_tree")
 
 
 @pytest.fixture(scope="module")
-def sim_split() -> dict[str, str]:
-    return _worker({"PICOGRAD_CUDA_REDUCE": "split"}, REDUCING)
+def sim_split(background: Any) -> dict[str, str]:
+    return _worker(background, "sim_split")
 
 
 @pytest.mark.parametrize("name", [r.name for r in ROWS] + EXTRA)
