@@ -4,8 +4,8 @@ eager (or numpy) for kernels that chunk, at the boundaries (blocks that don't di
 blocks, transposed operands, loads and iota that need the global row, reductions along and across the split)
 and the generated source is checked so that these tests fail if chunking silently stops.
 
-The thresholds are lowered so that small shapes chunk (compile time): BLOCKS_MIN_MACS = CHUNK_MIN_MACS = 1,
-GEMM_BLOCKS = 3 (cpu_matmul)."""
+The thresholds are lowered so that small shapes chunk (compile time): BLOCKS_MIN_MACS = CHUNK_MIN_MACS = 1 (with no
+long-contraction exception), GEMM_BLOCKS = 3 (cpu_matmul)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PICOGRAD_BACKEND", "cpu")
     monkeypatch.setattr(cpu_matmul, "CHUNK_MIN_MACS", 1)
     monkeypatch.setattr(cpu_matmul, "BLOCKS_MIN_MACS", 1)
+    monkeypatch.setattr(cpu_matmul, "BLOCKS_LONG_K", 1 << 30)  # long contractions too
     monkeypatch.setattr(cpu_matmul, "GEMM_BLOCKS", BLOCKS)
     monkeypatch.setattr(cache, "_programs", {})  # programs rendered under other settings must not be reused
     # scipy's OpenBLAS is pinned to one thread here, or nothing chunks (and these tests fail: they must)
@@ -182,6 +183,7 @@ def test_batched_matmul_over_threads(chunked) -> None:
 def test_default_threshold_chunks_big_matmuls_only(monkeypatch) -> None:
     monkeypatch.setenv("PICOGRAD_BACKEND", "cpu")
     monkeypatch.setattr(cpu_matmul, "BLOCKS_MIN_MACS", 4_000_000)  # this program in blocks (default: 24M)
+    monkeypatch.setattr(cpu_matmul, "BLOCKS_LONG_K", 1 << 30)  # (its big matmul's contraction is long)
     assert threads.pin_blas()
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((128, 257)).astype(np.float32), rng.standard_normal((257, 128)).astype(np.float32)
@@ -207,27 +209,43 @@ def _scipy_blas_threads() -> int:
 
 
 def test_program_picks_blocks_or_openblas_threads(monkeypatch) -> None:
-    """A program with a matmul of >= BLOCKS_MIN_MACS runs its matmuls in blocks with OpenBLAS on one thread;
-    one with only smaller matmuls and no big loops leaves them whole to all of OpenBLAS's threads, no prange."""
+    """A program with a matmul of >= BLOCKS_MIN_MACS runs its matmuls in blocks with OpenBLAS on one thread,
+    unless each such matmul has a long contraction and a light epilogue; one with only smaller matmuls and no big
+    loops, or only long light ones, leaves them whole to all of OpenBLAS's threads, no prange."""
     monkeypatch.setenv("PICOGRAD_BACKEND", "cpu")
     monkeypatch.setattr(cache, "_programs", {})
     assert threads.pin_blas()
     rng = np.random.default_rng(4)
     a, b = rng.standard_normal((64, 784)).astype(np.float32), rng.standard_normal((784, 800)).astype(np.float32)
-    big = (Tensor(a) @ Tensor(b)).relu()  # 40M multiply-adds
-    big.realize()
+    g = rng.standard_normal((64, 800)).astype(np.float32)
+    grad_like = (Tensor(a).T @ Tensor(g)) * 0.5  # 40M multiply-adds over a contraction of 64 (a weight gradient)
+    grad_like.realize()
     prog = _program()
     assert prog.blas_threads == 1 and "prange(" in prog.source and _scipy_blas_threads() == 1
-    np.testing.assert_allclose(big.numpy(), np.maximum(a @ b, 0), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(grad_like.numpy(), a.T @ g * 0.5, rtol=1e-4, atol=1e-3)
     small = (Tensor(a[:, :128]) @ Tensor(b[:128, :128])).relu()  # 1M: a program of small matmuls
     small.realize()
     prog = _program()
     assert prog.blas_threads == 0 and "prange(" not in prog.source
     assert _scipy_blas_threads() == threads._blas["all"]
     np.testing.assert_allclose(small.numpy(), np.maximum(a[:, :128] @ b[:128, :128], 0), rtol=1e-4, atol=1e-4)
-    big2 = (Tensor(a) @ Tensor(b)).relu() * 2.0
+    big2 = (Tensor(a).T @ Tensor(g)) * 2.0
     big2.realize()
     assert _scipy_blas_threads() == 1  # back to one thread for a program in blocks
+    # 40M multiply-adds over 784 with a relu (2 ops per output element, the schedule's estimate): left whole
+    long_light = (Tensor(a) @ Tensor(b)).relu()
+    long_light.realize()
+    prog = _program()
+    assert prog.blas_threads == 0 and "prange(" not in prog.source and _scipy_blas_threads() == threads._blas["all"]
+    np.testing.assert_allclose(long_light.numpy(), np.maximum(a @ b, 0), rtol=1e-4, atol=1e-3)
+    # 26M over 256 with ~6 ops per element (over 1/64 per multiply-add): in blocks
+    c, d = rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 400)).astype(np.float32)
+    long_heavy = (((Tensor(c) @ Tensor(d)) * 0.01).exp() * 0.5 + 1).log().sqrt()
+    long_heavy.realize()
+    prog = _program()
+    assert cpu_matmul.BLOCKS_LONG_K == 256 and prog.blas_threads == 1 and "prange(" in prog.source
+    np.testing.assert_allclose(long_heavy.numpy(), np.sqrt(np.log(np.exp(c @ d * 0.01) * 0.5 + 1)), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_numpy_blas_keeps_its_threads() -> None:

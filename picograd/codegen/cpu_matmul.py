@@ -37,6 +37,12 @@ GEMM_BLOCKS = int(os.environ.get("PICOGRAD_GEMM_BLOCKS", 0))
 # threads, with no prange loop to fight them. Measured (2 cores, training loop, alternating runs, ms/step): the
 # small MLP (12.8M-MAC matmuls) 0.77 whole vs 0.84 in blocks; the seed's model (40M) 7.7 whole vs 6.1 in blocks.
 BLOCKS_MIN_MACS = int(os.environ.get("PICOGRAD_BLOCKS_MIN_MACS", 24_000_000))
+# ... unless each such matmul has a long contraction (at least BLOCKS_LONG_K) and an epilogue under 1/64 op per
+# multiply-add: then OpenBLAS's threads do as well and the program has no parallel kernel to compile. The seed's
+# model evaluated in batches of 1000 (784x800 and 800x800 products, bias + relu): first call 3.7-4.3 s -> 1.1 s,
+# then 16-27 -> 14-15 ms. A training step's weight gradients (contraction = the batch, an optimizer epilogue)
+# keep their blocks.
+BLOCKS_LONG_K = 256
 
 
 def use_blocks(kernels: list[Kernel], parallel_min: int) -> bool:
@@ -47,7 +53,8 @@ def use_blocks(kernels: list[Kernel], parallel_min: int) -> bool:
     for k in kernels:
         if k.matmul is not None:
             kk = matmul_operands(k.matmul)[0].srcs[0].shape[-1]
-            if _prod(k.matmul.shape) * kk >= BLOCKS_MIN_MACS:
+            macs = _prod(k.matmul.shape) * kk
+            if macs >= BLOCKS_MIN_MACS and (kk < BLOCKS_LONG_K or 64 * (k.flops - 2 * macs) >= macs):
                 return True
         elif k.matmul is None and _prod(k.domain) >= parallel_min:
             return True  # a prange loop: OpenBLAS threads still spinning after a gemm would slow it down
