@@ -277,10 +277,11 @@ def build(roots: list[Node], inputs: list[Node], key_hash: str, updates: dict[in
     entry = mod.program
     jit = hasattr(entry, "compile")  # False under NUMBA_DISABLE_JIT=1: plain Python
     sig = _signature(rendered.args, sched, rendered)
-    if jit and fresh and compile_helper.enabled():
-        jobs = [(name, tuple(sig[i] for i in rendered.kernel_args[name])) for name in rendered.parallel_kernels]
-        if len(jobs) >= 2:
-            _stats["helper_kernels"] += compile_helper.compile_split(mod, path, jobs)
+    if jit and fresh and compile_helper.enabled() and len(rendered.parallel_kernels) >= 2:
+        par = set(rendered.parallel_kernels)
+        jobs = [(name, tuple(sig[i] for i in rendered.kernel_args[name]), name in par)
+                for name in rendered.called_kernels]
+        _stats["helper_kernels"] += compile_helper.compile_split(mod, path, jobs)
     from_disk = _compile(entry, sig, path) if jit else False
     scratch = [np.zeros(max(size, 1), dt) for _, (dt, size) in sorted(rendered.scratch.items())]
     out_specs = [(n.size, np.dtype(n.dtype)) for n in sched.out_buffers]

@@ -15,7 +15,10 @@ Shape of the generated code (read one with PICOGRAD_DEBUG=4):
     its gemm while it is in cache (cpu_matmul.py; scipy's OpenBLAS is made single-threaded for that,
     threads.pin_blas);
   - kernels with at least PARALLEL_MIN elements are separate @njit(parallel=True) functions using prange;
-    the rest are inlined into `program`, which stays serial (parallel=True compiles 3-4x slower).
+    the rest are inlined into `program`, which stays serial (parallel=True compiles 3-4x slower) — except in a
+    program with two or more parallel kernels where the compile helper runs (compile_helper.py): there every
+    kernel is a function of its own, so both processes can share the compiling and the entry, compiled last,
+    is only the calls.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from ..ir import ops
 from ..ir.node import Node
 from ..ir.printer import GraphView
+from . import compile_helper
 from . import indexing as ix
 from .clock import AVAILABLE as CLOCK
 from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
@@ -345,6 +349,7 @@ class Rendered:
     args: list[str]  # the entry's parameters, in order
     scratch: dict[str, tuple[np.dtype, int]]  # arena name -> (dtype, elements)
     parallel_kernels: list[str]  # the kernels that use prange (separate parallel=True functions)
+    called_kernels: list[str] = field(default_factory=list)  # every kernel the entry calls rather than inlines
     kernel_args: dict[str, list[int]] = field(default_factory=dict)  # kernel -> positions of its arguments in args
     blas_threads: int = 0  # OpenBLAS threads while it runs: 1 when matmuls run in blocks, 0 for all
     over: dict[int, int] = field(default_factory=dict)  # id(output buffer node) -> input written over (no out arg)
@@ -425,6 +430,9 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
     blocks = use_blocks(sched.kernels, PARALLEL_MIN)
     r = ProgramRenderer(sched, names, num, blocks)
     codes = [r.kernel(k) for k in sched.kernels]
+    # Where two processes will compile a new program (compile_helper.py), serial kernels are called too: inlined,
+    # they would all compile with the entry, after everything else (the seed's step: 2.4 s of ~7.5)
+    split = sum(c.parallel for c in codes) >= 2 and compile_helper.enabled()
     kernel_sources: dict[str, str] = {}
     funcs: list[str] = []
     # `times`: an int64 array of len(kernels) + 1 to fill with clock readings around each kernel
@@ -449,7 +457,7 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
         funcs.append(src)
         entry.append(f"    # ---- {k.name}: {desc}")
         entry += ["    if timed:", f"        times[{k.index}] = now_ns()"] if CLOCK else []
-        if c.parallel:
+        if c.parallel or split:
             entry.append(f"    {k.name}({', '.join(params)})")
             continue
         for n in used:
@@ -472,5 +480,6 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
               f"RAND_MUL2 = np.uint64({ops.RAND_MUL2})", f"MASK32 = np.uint64({ops.MASK32})",
               "U8, U15, U16 = np.uint64(8), np.uint64(15), np.uint64(16)", *r.consts.lines, ""]
     source = "\n".join(header) + "\n\n" + "\n\n\n".join(funcs + ["\n".join(entry)]) + "\n"
-    return Rendered(source, kernel_sources, args, arenas, [c.kernel.name for c in codes if c.parallel], kernel_args,
+    return Rendered(source, kernel_sources, args, arenas, [c.kernel.name for c in codes if c.parallel],
+                    [c.kernel.name for c in codes if c.parallel or split], kernel_args,
                     blas_threads=1 if blocks else 0, over=dict(over))
