@@ -232,8 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     available = set(peers.available_peers())
     trainers = [t for t in args.trainers if t not in PEERS or t in available]
     missing = [t for t in args.trainers if t not in trainers]
+    from picograd.codegen.blas import ONE_THREAD
+
     print(f"picograd {pg.__version__}, backend {backend_name()}, device {args.device}, "
-          f"{os.cpu_count()} CPUs; trainers {trainers}" + (f" (not installed: {missing})" if missing else ""))
+          f"{os.cpu_count()} CPUs, blocked long products on {ONE_THREAD}; trainers {trainers}"
+          + (f" (not installed: {missing})" if missing else ""))
     all_results, warnings = {}, []
     for model in args.models:
         norm = CONFIGS[model]["normalize"]

@@ -14,11 +14,24 @@ likewise B. Row-major C = A @ B is column-major C.T = B.T @ A.T, hence the swapp
 
     gemm_ldc(a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k)
 
-is the same with C's row stride ldc given: cpu.py's column blocks of a chunked matmul write C[:, c0:c1]."""
+is the same with C's row stride ldc given: cpu.py's column blocks of a chunked matmul write C[:, c0:c1].
+
+    gemm_1(...), gemm_ldc_1(...)
+
+are the same through the symbols picograd_sgemm_1 / picograd_dgemm_1, bound when this module is imported (so
+cached machine code works in any process) to Intel MKL's sequential gemm where MKL is installed (`pip install
+-e '.[mkl]'`), else to scipy's OpenBLAS. Programs whose matmuls run in blocks on our threads, one single-threaded
+gemm per block, call them for products with a long contraction, where MKL is faster (cpu_matmul.py has the
+numbers); PICOGRAD_BLAS=openblas keeps OpenBLAS for everything."""
 
 from __future__ import annotations
 
-from llvmlite import ir
+import ctypes
+import glob
+import os
+import sys
+
+from llvmlite import binding, ir
 from numba import config, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
@@ -70,6 +83,119 @@ def _codegen(context, builder, tys: tuple, args: list) -> None:
     check_blas_return(context, builder, res)
 
 
+def _codegen_one_thread(context, builder, tys: tuple, args: list) -> None:
+    """One call of the Fortran-style sgemm/dgemm bound to picograd_xgemm_1 (see _bind_one_thread); tys and args
+    in gemm_ldc's order."""
+    dtype = tys[0].dtype
+    llty = context.get_value_type(dtype)
+    i32 = ir.IntType(32)
+    p = llty.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [_void_p, _void_p, i32.as_pointer(), i32.as_pointer(), i32.as_pointer(),
+                                           p, p, i32.as_pointer(), p, i32.as_pointer(), p, p, i32.as_pointer()])
+    name = "picograd_sgemm_1" if dtype == types.float32 else "picograd_dgemm_1"
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    va, voffa, vta, vlda, vb, voffb, vtb, vldb, vc, voffc, vldc, vm, vn, vk = args
+    intp = context.get_value_type(types.intp)
+
+    def int32(v, ty):
+        return cgutils.alloca_once_value(builder, builder.trunc(context.cast(builder, v, ty, types.intp), i32))
+
+    def ptr(arr, aty, off, offty):
+        data = context.make_array(aty)(context, builder, arr).data
+        return builder.gep(data, [context.cast(builder, off, offty, types.intp)])
+
+    def flag(v, ty):
+        is_t = builder.icmp_signed("!=", context.cast(builder, v, ty, types.intp), ir.Constant(intp, 0))
+        return cgutils.alloca_once_value(builder, builder.select(is_t, ir.Constant(_char, ord("t")),
+                                                                 ir.Constant(_char, ord("n"))))
+
+    alpha = cgutils.alloca_once_value(builder, ir.Constant(llty, 1.0))
+    beta = cgutils.alloca_once_value(builder, ir.Constant(llty, 0.0))
+    # row-major C = op(A) op(B) is column-major C.T = op(B).T op(A).T: B first, as in _codegen
+    builder.call(fn, (flag(vtb, tys[6]), flag(vta, tys[2]), int32(vn, tys[12]), int32(vm, tys[11]),
+                      int32(vk, tys[13]), alpha, ptr(vb, tys[4], voffb, tys[5]), int32(vldb, tys[7]),
+                      ptr(va, tys[0], voffa, tys[1]), int32(vlda, tys[3]), beta, ptr(vc, tys[8], voffc, tys[9]),
+                      int32(vldc, tys[10])))
+
+
+@intrinsic
+def gemm_1(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
+    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k))
+    if sig is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        tys, vals = sig.args, list(args)
+        _codegen_one_thread(context, builder, tys[:10] + (tys[11],) + tys[10:], vals[:10] + [vals[11]] + vals[10:])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def gemm_ldc_1(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k):  # noqa: ARG001
+    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k))
+    if sig is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        _codegen_one_thread(context, builder, sig.args, list(args))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _mkl_sequential() -> tuple[str, int, int] | None:
+    """(path, sgemm, dgemm) of Intel MKL's runtime library switched to its sequential layer, or None where it
+    isn't installed (the `mkl` wheel puts libmkl_rt in <prefix>/lib; PICOGRAD_MKL_LIB names another)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if os.environ.get("PICOGRAD_BLAS", "").lower() != "mkl" and not _intel_cpu():
+        return None  # measured on Intel only; MKL's speed elsewhere is its vendor's business (PICOGRAD_BLAS=mkl)
+    paths = [os.environ["PICOGRAD_MKL_LIB"]] if os.environ.get("PICOGRAD_MKL_LIB") else []
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        paths += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # RTLD_LOCAL: its sgemm_ etc. must not stand in for other libraries' BLAS
+            lib.MKL_Set_Threading_Layer.argtypes, lib.MKL_Set_Threading_Layer.restype = [ctypes.c_int], ctypes.c_int
+            # MKL_THREADING_SEQUENTIAL, before MKL's first call: our threads run the blocks, MKL none of its own
+            if lib.MKL_Set_Threading_Layer(1) != 1:
+                continue
+            return path, ctypes.cast(lib.sgemm_, ctypes.c_void_p).value, ctypes.cast(lib.dgemm_, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _intel_cpu() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "GenuineIntel" in f.read(4096)
+    except OSError:
+        return False
+
+
+def _bind_one_thread() -> str:
+    """Bind picograd_sgemm_1 / picograd_dgemm_1; returns which library: "mkl" or "openblas" (scipy's)."""
+    from numba.core.extending import get_cython_function_address
+
+    found = None if os.environ.get("PICOGRAD_BLAS", "").lower() == "openblas" else _mkl_sequential()
+    if found is not None:
+        _, s, d = found
+        which = "mkl"
+    else:
+        s = get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+        d = get_cython_function_address("scipy.linalg.cython_blas", "dgemm")
+        which = "openblas"
+    binding.add_symbol("picograd_sgemm_1", s)
+    binding.add_symbol("picograd_dgemm_1", d)
+    return which
+
+
+ONE_THREAD = _bind_one_thread()  # the library behind gemm_1 in this process
+
+
 @intrinsic
 def gemm(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
     sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k))
@@ -115,5 +241,5 @@ def _gemm_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k) -> None:
 
 
 if config.DISABLE_JIT:
-    gemm = _gemm_python  # noqa: F811
-    gemm_ldc = _gemm_ldc_python  # noqa: F811
+    gemm = gemm_1 = _gemm_python  # noqa: F811
+    gemm_ldc = gemm_ldc_1 = _gemm_ldc_python  # noqa: F811

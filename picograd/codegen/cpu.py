@@ -341,6 +341,12 @@ def _prod(xs) -> int:
     return n
 
 
+def _gemm_import(body: str) -> str:
+    """The gemm intrinsics the kernels call (blas.py: gemm_1 and gemm_ldc_1 for long products in blocks)."""
+    names = [n for n in ("gemm", "gemm_ldc", "gemm_1", "gemm_ldc_1") if f"{n}(" in body] or ["gemm"]
+    return f"from picograd.codegen.blas import {', '.join(names)}  # noqa: F401"
+
+
 # ---- the whole program ----------------------------------------------------------------------------------
 @dataclass
 class Rendered:
@@ -471,7 +477,7 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
     header = [f'"""picograd program {title}: {len(sched.kernels)} kernels (generated; edits are overwritten)."""',
               "import math", "", "import numpy as np",
               "from numba import njit, prange  # noqa: F401", "",
-              f"from picograd.codegen.blas import gemm{', gemm_ldc' if 'gemm_ldc(' in body else ''}  # noqa: F401",
+              _gemm_import(body),
               *(["from picograd.codegen.clock import now_ns  # noqa: F401"] if CLOCK else []),
               *(["from picograd.codegen.fpenv import fp_enter, fp_exit  # noqa: F401"] if FLUSH else []),
               "",

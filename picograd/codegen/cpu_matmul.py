@@ -45,6 +45,14 @@ BLOCKS_MIN_MACS = int(os.environ.get("PICOGRAD_BLOCKS_MIN_MACS", 24_000_000))
 BLOCKS_LONG_K = 256
 
 
+# In a program in blocks, a product with a long contraction (and no thin side) calls blas.gemm_1: Intel MKL's
+# sequential gemm where MKL is installed, else OpenBLAS as the others. Measured in the seed model's training
+# step (in-entry kernel times, 2 threads, kernels in 2 blocks): 64x784x800 729 -> 554 us, 64x800x800 638 -> 483,
+# its transposed-operand twin 688 -> 441; but MKL was slower on the short-contraction weight gradients
+# (800x64x784 with its Adam epilogue 963 -> 1153 us, 800x64x800 1031 -> 1144) and on 64x800x10 (21 -> 50 us).
+ONE_THREAD_MIN_K, ONE_THREAD_MIN_SIDE = 256, 32
+
+
 def use_blocks(kernels: list[Kernel], parallel_min: int) -> bool:
     """Whether a program splits its big matmuls over our threads (OpenBLAS pinned to one thread, see chunk_plan)
     rather than leaving them to OpenBLAS's threads (threads.blas_threads, set per program run)."""
@@ -125,6 +133,7 @@ def gemm_lines(r: Any, n: Node, chunk: int | None = None, ksplit: bool = False) 
     lda, ldb = (m if ta else k), (k if tb else nn)
     na, nb = r.names[id(ba)], r.names[id(bb)]
     args = f"{na}, {{oa}}, {int(ta)}, {lda}, {nb}, {{ob}}, {int(tb)}, {ldb}, {{c}}, {{oc}}, {{mnk}}"
+    one = "_1" if r.blocks and k >= ONE_THREAD_MIN_K and min(m, nn) >= ONE_THREAD_MIN_SIDE else ""
     if chunk is not None:
         ext = (m, nn)[chunk]
         # A block count fixed in the source (numba.get_num_threads() in @njit code can't be cached to disk)
@@ -137,12 +146,12 @@ def gemm_lines(r: Any, n: Node, chunk: int | None = None, ksplit: bool = False) 
         if chunk == 0:  # rows lo:hi of op(A) and of C
             oa = "lo" if ta else f"lo * {lda}"
             call = args.format(oa=oa, ob=0, c=out, oc=f"lo * {nn}", mnk=f"hi - lo, {nn}, {k}")
-            return lines + [f"    gemm({call})"]
+            return lines + [f"    gemm{one}({call})"]
         ob = f"lo * {ldb}" if tb else "lo"  # columns lo:hi of op(B) and of C, whose row stride stays nn
         call = args.format(oa=0, ob=ob, c=out, oc=f"lo, {nn}", mnk=f"{m}, hi - lo, {k}")
-        return lines + [f"    gemm_ldc({call})"]
+        return lines + [f"    gemm_ldc{one}({call})"]
     if len(n.shape) == 2:
-        return lines + [f"gemm({args.format(oa=0, ob=0, c=out, oc=0, mnk=f'{m}, {nn}, {k}')})"]
+        return lines + [f"gemm{one}({args.format(oa=0, ob=0, c=out, oc=0, mnk=f'{m}, {nn}, {k}')})"]
     # batches are independent gemms: over our threads when big (OpenBLAS pinned to one thread has no others)
     rng = "prange" if r.blocks and _prod(n.shape) * k >= CHUNK_MIN_MACS else "range"
     call = args.format(oa=f"b * {m * k}", ob=f"b * {k * nn}", c=out, oc=f"b * {m * nn}", mnk=f"{m}, {nn}, {k}")
