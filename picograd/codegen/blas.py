@@ -30,6 +30,7 @@ import ctypes
 import glob
 import os
 import sys
+from typing import Any
 
 from llvmlite import binding, ir
 from numba import config, types
@@ -118,33 +119,6 @@ def _codegen_one_thread(context, builder, tys: tuple, args: list) -> None:
                       int32(vldc, tys[10])))
 
 
-@intrinsic
-def gemm_1(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
-    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k))
-    if sig is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        tys, vals = sig.args, list(args)
-        _codegen_one_thread(context, builder, tys[:10] + (tys[11],) + tys[10:], vals[:10] + [vals[11]] + vals[10:])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def gemm_ldc_1(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k):  # noqa: ARG001
-    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k))
-    if sig is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        _codegen_one_thread(context, builder, sig.args, list(args))
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def _mkl_sequential() -> tuple[str, int, int] | None:
     """(path, sgemm, dgemm) of Intel MKL's runtime library switched to its sequential layer, or None where it
     isn't installed (the `mkl` wheel puts libmkl_rt in <prefix>/lib; PICOGRAD_MKL_LIB names another)."""
@@ -196,32 +170,40 @@ def _bind_one_thread() -> str:
 ONE_THREAD = _bind_one_thread()  # the library behind gemm_1 in this process
 
 
-@intrinsic
-def gemm(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
-    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k))
-    if sig is None:
-        return None
+def _intrinsics(emit: Any, suffix: str) -> tuple[Any, Any]:
+    """(gemm, gemm_ldc) intrinsics whose calls `emit` lowers (_codegen or _codegen_one_thread)."""
 
-    def codegen(context, builder, sig, args):
-        # ldc = n: C's rows are contiguous
-        tys, vals = sig.args, list(args)
-        _codegen(context, builder, tys[:10] + (tys[11],) + tys[10:], vals[:10] + [vals[11]] + vals[10:])
-        return context.get_dummy_value()
+    def gemm(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
+        sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k))
+        if sig is None:
+            return None
 
-    return sig, codegen
+        def codegen(context, builder, sig, args):
+            # ldc = n: C's rows are contiguous
+            tys, vals = sig.args, list(args)
+            emit(context, builder, tys[:10] + (tys[11],) + tys[10:], vals[:10] + [vals[11]] + vals[10:])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    def gemm_ldc(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k):  # noqa: ARG001
+        sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k))
+        if sig is None:
+            return None
+
+        def codegen(context, builder, sig, args):
+            emit(context, builder, sig.args, list(args))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    for f in (gemm, gemm_ldc):
+        f.__name__ = f.__qualname__ = f.__name__ + suffix
+    return intrinsic(gemm), intrinsic(gemm_ldc)
 
 
-@intrinsic
-def gemm_ldc(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k):  # noqa: ARG001
-    sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k))
-    if sig is None:
-        return None
-
-    def codegen(context, builder, sig, args):
-        _codegen(context, builder, sig.args, list(args))
-        return context.get_dummy_value()
-
-    return sig, codegen
+gemm, gemm_ldc = _intrinsics(_codegen, "")
+gemm_1, gemm_ldc_1 = _intrinsics(_codegen_one_thread, "_1")
 
 
 def _gemm_ldc_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k) -> None:
