@@ -101,3 +101,14 @@ def test_blocked_program_calls_the_sequential_gemm_for_long_products(monkeypatch
     hv = np.maximum(x @ w.numpy(), 0)
     np.testing.assert_allclose(out.numpy(), hv @ v.numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(w.grad.numpy(), x.T @ ((hv > 0) * v.numpy().sum(1)), rtol=1e-4, atol=1e-3)
+
+
+def test_mkl_left_alone_when_another_library_loaded_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process whose numpy already runs on MKL keeps MKL's threading: picograd then uses OpenBLAS for gemm_1
+    (unless PICOGRAD_BLAS=mkl), and finds /proc/self/maps readable for the check."""
+    assert blas._mapped("python") or blas._mapped("libpython") or not os.path.exists("/proc/self/maps")
+    assert not blas._mapped("no-such-library-here")
+    monkeypatch.setattr(blas, "_mapped", lambda name: name == "libmkl_rt")
+    monkeypatch.setattr(blas, "_intel_cpu", lambda: True)
+    monkeypatch.delenv("PICOGRAD_BLAS", raising=False)
+    assert blas._mkl_sequential() is None

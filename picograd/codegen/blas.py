@@ -124,8 +124,11 @@ def _mkl_sequential() -> tuple[str, int, int] | None:
     isn't installed (the `mkl` wheel puts libmkl_rt in <prefix>/lib; PICOGRAD_MKL_LIB names another)."""
     if not sys.platform.startswith("linux"):
         return None
-    if os.environ.get("PICOGRAD_BLAS", "").lower() != "mkl" and not _intel_cpu():
+    asked = os.environ.get("PICOGRAD_BLAS", "").lower() == "mkl"
+    if not asked and not _intel_cpu():
         return None  # measured on Intel only; MKL's speed elsewhere is its vendor's business (PICOGRAD_BLAS=mkl)
+    if not asked and _mapped("libmkl_rt"):
+        return None  # someone else's MKL (numpy built on it): switching it to sequential would slow their matmuls
     paths = [os.environ["PICOGRAD_MKL_LIB"]] if os.environ.get("PICOGRAD_MKL_LIB") else []
     for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
         paths += sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
@@ -140,6 +143,15 @@ def _mkl_sequential() -> tuple[str, int, int] | None:
         except (OSError, AttributeError):
             continue
     return None
+
+
+def _mapped(name: str) -> bool:
+    """Whether a library whose file name contains `name` is loaded in this process already."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any(name in line for line in f)
+    except OSError:
+        return False
 
 
 def _intel_cpu() -> bool:
