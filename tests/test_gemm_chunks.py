@@ -266,7 +266,8 @@ def _numpy_blas_threads() -> int | None:
 
 
 def test_chunked_source_runs_without_jit(tmp_path) -> None:
-    """NUMBA_DISABLE_JIT=1 runs the generated blocks as plain Python (gemm_ldc's numpy fallback included)."""
+    """NUMBA_DISABLE_JIT=1 runs the generated blocks as plain Python (gemm_ldc's and gemm_1's numpy fallbacks
+    included)."""
     script = textwrap.dedent("""
         import numpy as np, picograd as pg
         from picograd import Tensor
@@ -275,13 +276,16 @@ def test_chunked_source_runs_without_jit(tmp_path) -> None:
         r = (Tensor(a) @ Tensor(b)).relu()
         s = (Tensor(a).T @ Tensor(a)).sum(0)
         t = Tensor(c) @ Tensor(a).T
-        pg.realize(r, s, t)
+        d, e = rng.standard_normal((160, 300)).astype(np.float32), rng.standard_normal((300, 40)).astype(np.float32)
+        u = Tensor(d) @ Tensor(e)  # a long contraction: gemm_1 (its numpy fallback here)
+        pg.realize(r, s, t, u)
         np.testing.assert_allclose(r.numpy(), np.maximum(a @ b, 0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(s.numpy(), (a.T @ a).sum(0), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(t.numpy(), c @ a.T, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(u.numpy(), d @ e, rtol=1e-4, atol=1e-4)
         from picograd.codegen import cache
         src = [p for p in cache._programs.values() if p is not cache._EXPAND][-1].source
-        assert "blocks of rows" in src and "gemm_ldc(" in src, src
+        assert "blocks of rows" in src and "gemm_ldc(" in src and "gemm_1(" in src, src
         print("ok")
     """)
     env = dict(os.environ, NUMBA_DISABLE_JIT="1", PICOGRAD_BACKEND="cpu", PICOGRAD_CACHE_DIR=str(tmp_path),
