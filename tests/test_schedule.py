@@ -181,3 +181,27 @@ def test_lazy_default_is_unaffected_by_scheduling():
     assert [k.name for k in s1.kernels] == [k.name for k in s2.kernels]
     np.testing.assert_allclose(x.exp().sum(0).numpy(), np.exp(x.numpy()).sum(0), rtol=1e-6)
     pg.realize()
+
+
+def test_ready_kernels_run_smallest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Among kernels whose inputs are ready, the one touching the fewest bytes runs first (a small kernel left
+    behind big ones finds its inputs evicted); dependencies always come first. PICOGRAD_SMALL_FIRST=0's order
+    is the order kernels were made in."""
+    from picograd.codegen import schedule as sched_mod
+
+    a, b, c = rand(256, 256), rand(256, 256, seed=1), rand(8, 8, seed=2)
+    big = (a @ b).relu()
+    after = big @ b  # reads big: must come after it
+    small = (c.exp() * 3.0).sum()  # independent and small
+
+    def positions() -> list[int]:
+        s = sched_of(big, after, small)
+        assert [k.index for k in s.kernels] == list(range(len(s.kernels)))
+        assert all(k.name.startswith(f"k{k.index}_") for k in s.kernels)
+        return [s.kernel_of[id(sched_mod.view_base(t.node))].index for t in (small, big, after)]
+
+    p_small, p_big, p_after = positions()
+    assert p_small < p_big < p_after
+    monkeypatch.setattr(sched_mod, "SMALL_FIRST", False)
+    p_small, p_big, p_after = positions()
+    assert p_big < p_after < p_small

@@ -49,6 +49,7 @@ ended up in their own loop become locals: no buffer at all.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from ..ir import ops
@@ -61,6 +62,8 @@ EXPENSIVE = frozenset(("exp", "log", "sqrt", "sin", "cos", "tanh", "pow", "recip
 FREE = MOVEMENT | {ops.CONST, ops.IOTA, "cast", "detach"}
 RECOMPUTE_LIMIT = 4  # a shared node is recomputed in each reader when its inlined tree has at most this many ops
 _INF = 1 << 30
+# Order ready kernels smallest first (_small_first); PICOGRAD_SMALL_FIRST=0 keeps the order they were made in.
+SMALL_FIRST = os.environ.get("PICOGRAD_SMALL_FIRST", "1") != "0"
 
 
 @dataclass(eq=False)
@@ -379,6 +382,10 @@ class _Builder:
             k.nodes = sorted(members[k.index].values(), key=lambda n: position[id(n)])
             k.inputs = [i for i in k.inputs if id(i) not in local]
             _estimate(k)
+        if SMALL_FIRST:
+            self.kernels = _small_first(self.kernels, kernel_of)
+        for i, k in enumerate(self.kernels):
+            k.index = i
             dims = "x".join(map(str, k.domain)) or "scalar"
             if k.matmul is not None:
                 dims = "x".join(map(str, k.matmul.shape[:-1] + (_contracted(k.matmul),) + k.matmul.shape[-1:]))
@@ -389,6 +396,34 @@ class _Builder:
         outs: dict[int, Node] = {id(b): b for b in sources if b.buffer is None}
         inter = [n for n in self.order if id(n) in kernel_of and id(n) not in outs]
         return Schedule(self.kernels, roots, self.inputs, inter, kernel_of, sources, list(outs.values()))
+
+
+def _small_first(kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> list[Kernel]:
+    """The kernels in an order that respects their data dependencies, taking among those ready the one that
+    touches the fewest bytes first (ties: the order they were made in). Why: a small kernel left until after
+    the big ones finds its inputs evicted by their traffic; the seed model's 800->10 weight gradient with its
+    Adam update ran last, behind two kernels streaming ~15 MB each: 81-83 us, and 26 us right after the
+    loss gradient that it reads."""
+    import heapq
+
+    deps = {id(k): {id(kernel_of[id(i)]) for i in k.inputs if id(i) in kernel_of} - {id(k)} for k in kernels}
+    users: dict[int, list[Kernel]] = {}
+    for k in kernels:
+        for d in deps[id(k)]:
+            users.setdefault(d, []).append(k)
+    waiting = {id(k): len(deps[id(k)]) for k in kernels}
+    ready = [(k.bytes, k.index, k) for k in kernels if not waiting[id(k)]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, _, k = heapq.heappop(ready)
+        order.append(k)
+        for u in users.get(id(k), []):
+            waiting[id(u)] -= 1
+            if not waiting[id(u)]:
+                heapq.heappush(ready, (u.bytes, u.index, u))
+    assert len(order) == len(kernels), "kernel dependencies form a cycle"
+    return order
 
 
 def _contracted(n: Node) -> int:
