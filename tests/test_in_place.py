@@ -10,7 +10,8 @@ from test_jit import _step_fn  # the usual training step
 
 import picograd as pg
 from picograd import nn, optim
-from picograd.codegen.schedule import schedule, writable_in_place
+from picograd.codegen.in_place import writable_in_place
+from picograd.codegen.schedule import schedule
 from picograd.ir import build as B
 from picograd.ir.node import Buffer, buffer_node
 from picograd.jit import _calibrate

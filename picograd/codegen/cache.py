@@ -31,8 +31,9 @@ import numpy as np
 
 from ..ir.node import Node
 from . import compile_helper, cpu
+from .in_place import in_place_pairs
 from .key import graph_key, key_digest, with_updates
-from .schedule import Kernel, schedule, view_base, writable_in_place
+from .schedule import Kernel, schedule
 from .threads import blas_threads
 
 # Numba compiles ~2-4 ms per IR op; far bigger graphs run on the numpy interpreter instead (see prepare).
@@ -40,7 +41,7 @@ MAX_COMPILE_NODES = int(os.environ.get("PICOGRAD_MAX_COMPILE_NODES", "3000"))
 MAX_PROGRAMS = int(os.environ.get("PICOGRAD_MAX_PROGRAMS", "512"))  # compiled programs kept in memory
 _EXPAND = object()  # memory-cache marker: this structure must be keyed after autodiff (see run_graph)
 _programs: dict[tuple, Any] = {}
-# helper_kernels: parallel kernels a helper process compiled (compile_helper.py)
+# helper_kernels: kernels a helper process compiled (compile_helper.py)
 _stats = {"memory_hits": 0, "disk_hits": 0, "misses": 0, "compile_s": 0.0, "helper_kernels": 0}
 
 
@@ -249,28 +250,12 @@ def _compile(entry: Any, sig: tuple, path: Path) -> bool:
     return sum(entry.stats.cache_hits.values()) > before
 
 
-def _in_place(sched: Any, roots: list[Node], updates: dict[int, Node]) -> dict[int, int]:
-    """{output buffer j: input i} for the updates (root position -> the realized node it replaces) that the
-    program can compute over the old value (schedule.writable_in_place)."""
-    pos_in = {id(n): i for i, n in enumerate(sched.inputs)}
-    pos_out = {id(n): j for j, n in enumerate(sched.out_buffers)}
-    pairs: dict[int, int] = {}
-    for r, old in sorted(updates.items()):
-        out = view_base(roots[r])
-        i, j = pos_in.get(id(old)), pos_out.get(id(out))
-        if i is None or j is None or j in pairs or i in pairs.values():
-            continue
-        if writable_in_place(sched, old, out):
-            pairs[j] = i
-    return pairs
-
-
 def build(roots: list[Node], inputs: list[Node], key_hash: str, updates: dict[int, Node] | None = None) -> Program:
     from . import threads
 
     threads.configure()  # before any parallel kernel can launch
     sched = schedule(roots, inputs)
-    in_place = _in_place(sched, roots, updates) if updates else {}
+    in_place = in_place_pairs(sched, roots, updates) if updates else {}
     rendered = cpu.render_program(sched, key_hash, {id(sched.out_buffers[j]): i for j, i in in_place.items()})
     source = _salt() + rendered.source
     mod, path, fresh = _load_module(source)

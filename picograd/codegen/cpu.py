@@ -412,7 +412,7 @@ def plan_scratch(sched: Schedule) -> tuple[dict[int, tuple[str, int, int]], dict
 
 def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None = None) -> Rendered:
     """over: id(output buffer node) -> position of the input whose array it is written into (an in-place
-    update, see schedule.writable_in_place): its stores go to that input's parameter, and it has none of its
+    update, see in_place.writable_in_place): its stores go to that input's parameter, and it has none of its
     own. Writing through the same name matters: given two parameters that alias, LLVM's vectorized loops
     check for overlap at run time and fall back to scalar code (an Adam update 2x slower)."""
     over = over or {}

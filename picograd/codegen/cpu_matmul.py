@@ -15,7 +15,7 @@ from numba.core import config as numba_config
 
 from ..ir.node import Node
 from .cpu_expr import node_label, np_type
-from .schedule import Kernel, matmul_operands
+from .schedule import Kernel, contracted, matmul_operands
 from .threads import pin_blas
 
 # Matmuls of at least this many multiply-adds run in blocks over our threads once OpenBLAS is single-threaded.
@@ -60,11 +60,11 @@ def use_blocks(kernels: list[Kernel], parallel_min: int) -> bool:
         return False
     for k in kernels:
         if k.matmul is not None:
-            kk = matmul_operands(k.matmul)[0].srcs[0].shape[-1]
+            kk = contracted(k.matmul)
             macs = _prod(k.matmul.shape) * kk
             if macs >= BLOCKS_MIN_MACS and (kk < BLOCKS_LONG_K or 64 * (k.flops - 2 * macs) >= macs):
                 return True
-        elif k.matmul is None and _prod(k.domain) >= parallel_min:
+        elif _prod(k.domain) >= parallel_min:
             return True  # a prange loop: OpenBLAS threads still spinning after a gemm would slow it down
         if k.post and _prod(k.out_shape) >= parallel_min:
             return True
@@ -90,7 +90,7 @@ def chunk_plan(k: Kernel) -> tuple[int, bool, bool] | None:
     if n is None or len(n.shape) != 2 or not pin_blas():
         return None
     m, nn = n.shape
-    kk = matmul_operands(n)[0].srcs[0].shape[-1]
+    kk = contracted(n)
     macs = m * nn * kk
     if macs == 0:
         return None
@@ -163,7 +163,7 @@ def _ksplit_lines(r: Any, n: Node, nk: int, nch: int, args: str, lda: int, ldb: 
     row blocks, each adding the partial products into its rows of the product (the epilogue follows)."""
     (_, (_, _, ta), (_, _, tb)), out = matmul_operands(n), r.names[id(n)]
     m, nn = n.shape
-    k = matmul_operands(n)[0].srcs[0].shape[-1]
+    k = contracted(n)
     mn = m * nn
     oa = f"lo * {lda}" if ta else "lo"  # columns lo:hi of op(A), rows lo:hi of op(B)
     ob = "lo" if tb else f"lo * {ldb}"

@@ -49,6 +49,7 @@ ended up in their own loop become locals: no buffer at all.
 
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import dataclass, field
 
@@ -388,7 +389,7 @@ class _Builder:
             k.index = i
             dims = "x".join(map(str, k.domain)) or "scalar"
             if k.matmul is not None:
-                dims = "x".join(map(str, k.matmul.shape[:-1] + (_contracted(k.matmul),) + k.matmul.shape[-1:]))
+                dims = "x".join(map(str, k.matmul.shape[:-1] + (contracted(k.matmul),) + k.matmul.shape[-1:]))
             ops_ = "_".join(sorted({r.op.replace("reduce_", "") for r in k.reduces})) if k.reduces else ""
             k.name = f"k{k.index}_{k.kind}" + (f"_{ops_}" if ops_ and k.kind == "reduce" else "") + f"_{dims}"
         roots = list(self.roots)
@@ -404,8 +405,6 @@ def _small_first(kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> list[Ke
     the big ones finds its inputs evicted by their traffic; the seed model's 800->10 weight gradient with its
     Adam update ran last, behind two kernels streaming ~15 MB each: 81-83 us, and 26 us right after the
     loss gradient that it reads."""
-    import heapq
-
     deps = {id(k): {id(kernel_of[id(i)]) for i in k.inputs if id(i) in kernel_of} - {id(k)} for k in kernels}
     users: dict[int, list[Kernel]] = {}
     for k in kernels:
@@ -426,7 +425,8 @@ def _small_first(kernels: list[Kernel], kernel_of: dict[int, Kernel]) -> list[Ke
     return order
 
 
-def _contracted(n: Node) -> int:
+def contracted(n: Node) -> int:
+    """A matmul node's contraction length (its product may be stored transposed)."""
     m = matmul_operands(n)[0]
     return m.srcs[0].shape[-1]
 
@@ -443,53 +443,9 @@ def _estimate(k: Kernel) -> None:
     arith = sum(1 for n in k.nodes if n.op not in FREE and n.op not in (ops.BUFFER, ops.MATMUL))
     flops = arith * size
     if k.matmul is not None:
-        flops += 2 * _contracted(k.matmul) * size
+        flops += 2 * contracted(k.matmul) * size
     k.flops = flops
     k.bytes = sum(n.size * _itemsize(n) for n in k.inputs) + sum(n.size * _itemsize(n) for n in k.outputs)
-
-
-def writable_in_place(sched: Schedule, inp: Node, out: Node) -> bool:
-    """Whether the program may write root buffer `out` into the array of its input `inp` (an optimizer
-    state updated in place instead of into a fresh array: half the memory traffic of an Adam update, see
-    picograd.jit). True when no read of inp can see the new values: kernels after out's kernel don't read
-    inp; inside it, inp is not a matmul operand and is read only at the loop's own index (elementwise ops of
-    its shape, no movement op on any path), by the loop that writes out or by the main loop before a post
-    loop writes it; no root is a view of inp. Whether anything outside the program still holds inp's old
-    value is the caller's question."""
-    k = sched.kernel_of.get(id(out))
-    if k is None or inp.shape != out.shape or inp.dtype != out.dtype or any(b is inp for b in sched.root_source):
-        return False
-    in_post = any(o is out for o in k.post)
-    if not in_post and not any(o is out for o in k.stores):
-        return False  # a matmul or reduction output is written before (or while) its sources are read
-    if k.matmul is not None and any(op[0] is inp for op in matmul_operands(k.matmul)[1:]):
-        return False  # blocks of the product still read it while earlier blocks run their epilogues
-    if any(x is inp for later in sched.kernels[k.index + 1 :] for x in later.inputs + later.nodes):
-        return False
-    # nodes computed in the post loop: the post outputs' trees down to the reductions (main-loop values)
-    post: set[int] = set()
-    stack = list(k.post)
-    reduced = {id(r) for r in k.reduces}
-    members = {id(n) for n in k.nodes}
-    while stack:
-        n = stack.pop()
-        if id(n) in post or id(n) in reduced or id(n) not in members:
-            continue
-        post.add(id(n))
-        stack.extend(n.srcs)
-    depends = {id(inp)}
-    for n in k.nodes:
-        if n is inp or (in_post and id(n) not in post) or not any(id(s) in depends for s in n.srcs):
-            continue  # (with out in the post loop, every main-loop read is over before it writes)
-        if n.op not in ops.ELEMENTWISE and n.op not in REDUCE:
-            return False  # a movement op or a matmul reads it at another index
-        if any(s is inp for s in n.srcs):
-            if n.shape != inp.shape and n.op not in REDUCE:
-                return False
-            if id(n) in post and not in_post:
-                return False  # read after the main loop has written out
-        depends.add(id(n))
-    return True
 
 
 def schedule(roots: list[Node], inputs: list[Node] | None = None) -> Schedule:
