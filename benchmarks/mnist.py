@@ -4,7 +4,9 @@ benchmarks/peers.py (hand-written numpy, PyTorch eager and jax.jit when installe
 Every trainer starts from the same initial weights, visits the same batches in the same order and
 reports the same numbers: ms/step (median over epochs; the first step, which carries compilation,
 is left out), s/epoch, compile time (first step minus a median step), the ratio to the fastest peer
-and test accuracy. Models: "mlp" = 784-128-10, SGD lr 0.1 momentum 0.5, batch 128; "seed" = 784-800-800-10 with
+and test accuracy. The "BLAS floor" row (benchmarks/peers.py train_floor) is no trainer: each step only gathers
+the batch and runs the step's matrix products with numpy's BLAS, the floor under any trainer here; "/floor" is
+each trainer's ratio to it. Models: "mlp" = 784-128-10, SGD lr 0.1 momentum 0.5, batch 128; "seed" = 784-800-800-10 with
 Dropout(0.5), Adam lr 1e-3, batch 64.
 
     PICOGRAD_DATA=/path/to/data python benchmarks/mnist.py                    # both models, 3 epochs
@@ -43,8 +45,8 @@ CONFIGS = {
     "seed": dict(lr=1e-3, batch_size=64, normalize=False),
 }
 PEERS = ("numpy", "torch", "jax")
-TRAINERS = ("lazy", "plain", "eager") + PEERS
-LABELS = {"lazy": "picograd lazy", "plain": "picograd no-jit", "eager": "picograd eager"}
+TRAINERS = ("lazy", "plain", "eager") + PEERS + ("floor",)
+LABELS = {"lazy": "picograd lazy", "plain": "picograd no-jit", "eager": "picograd eager", "floor": "BLAS floor"}
 
 
 def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -163,7 +165,9 @@ def _run_once(model: str, trainers: list[str], data: tuple, epochs: int, seed: i
         kw = dict(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed, device=device)
         t = time.perf_counter()
         try:
-            if name in LABELS:
+            if name == "floor":
+                r = peers.FLOOR(model, *data, **kw)
+            elif name in LABELS:
                 r = train_picograd(model, *data, eager=name == "eager", use_jit=name == "lazy", **kw)
             else:
                 r = peers.PEERS[name](model, *data, **kw)
@@ -175,7 +179,8 @@ def _run_once(model: str, trainers: list[str], data: tuple, epochs: int, seed: i
         r.update(wall_s=wall, others_cores=_others_cores(cpu0, _cpu_seconds(), wall),
                  epoch_spread=max(per_epoch) / min(per_epoch))
         results[name] = r
-        print(f"  {name}: {r['ms_per_step']:.3f} ms/step, test acc {100 * r['test_acc']:.2f}% "
+        acc = "-" if np.isnan(r["test_acc"]) else f"{100 * r['test_acc']:.2f}%"
+        print(f"  {name}: {r['ms_per_step']:.3f} ms/step, test acc {acc} "
               f"({r['wall_s']:.1f} s)", flush=True)
     return results
 
@@ -186,22 +191,25 @@ def report(model: str, results: dict[str, dict], epochs: int, rounds: int = 1) -
     sizes, opt_kind, _, p = peers.model_config(model, None, cfg["lr"], None)
     peer_ms = [r["ms_per_step"] for n, r in results.items() if n in PEERS]
     fastest = min(peer_ms) if peer_ms else None
+    floor = results["floor"]["ms_per_step"] if "floor" in results else None
     mom = peers.sgd_momentum(model, opt_kind)
     print(f"\n{model}: {'-'.join(map(str, sizes))}, {opt_kind} lr {cfg['lr']}"
           f"{f' momentum {mom}' if mom else ''}, batch {cfg['batch_size']}, "
           f"dropout {p}, {epochs} epoch(s); medians over epochs"
           + (f", then over {rounds} rounds (spread: slowest / fastest round)" if rounds > 1 else ""))
     print(f"{'trainer':16s} {'ms/step':>8s} {'s/epoch':>8s} {'compile s':>10s} {'/fastest peer':>14s} "
-          f"{'test acc':>9s} {'build ms':>9s}" + (f" {'spread':>7s}" if rounds > 1 else ""))
+          f"{'/floor':>7s} {'test acc':>9s} {'build ms':>9s}" + (f" {'spread':>7s}" if rounds > 1 else ""))
     warnings = []
     for name, r in results.items():
         label = LABELS.get(name, name)
-        ratio = f"{r['ms_per_step'] / fastest:.2f}x" if fastest else "-"
+        ratio = f"{r['ms_per_step'] / fastest:.2f}x" if fastest and name != "floor" else "-"
+        over = f"{r['ms_per_step'] / floor:.2f}x" if floor and name != "floor" else "-"
+        acc = "-" if np.isnan(r["test_acc"]) else f"{100 * r['test_acc']:.2f}%"
         build = f"{r['build_ms']:.3f}" if "build_ms" in r else ""
         busy = r["others_cores"] > 0.2 or r["epoch_spread"] > 1.3
         spread = f" {r['round_spread']:6.2f}x" if rounds > 1 else ""
         print(f"{label:16s} {r['ms_per_step']:8.3f} {statistics.median(r['s_per_epoch']):8.2f} "
-              f"{r['compile_s']:10.2f} {ratio:>14s} {100 * r['test_acc']:8.2f}% {build:>9s}{spread}"
+              f"{r['compile_s']:10.2f} {ratio:>14s} {over:>7s} {acc:>9s} {build:>9s}{spread}"
               f"{'  *' if busy else ''}")
         if busy:
             warnings.append(f"{model}/{label}: other processes kept {r['others_cores']:.2f} of {os.cpu_count()} "

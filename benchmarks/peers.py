@@ -409,7 +409,68 @@ def train_jax(
     return _summarize(epoch_times, first_step, steps, [float(v) for v in losses], acc)
 
 
+# ---- the floor -----------------------------------------------------------------------------------
+
+
+def train_floor(
+    model: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    epochs: int = 1,
+    batch_size: int = 128,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    """Not a trainer: the part of a step no trainer following this benchmark's protocol avoids. Per step it
+    gathers the batch from the training arrays, as every trainer here does, and runs the step's matrix products
+    with numpy's BLAS into preallocated outputs: each layer's forward product and weight gradient and, but for
+    the first layer's, its input gradient; nothing else (no activations, loss, optimizer or framework). Its
+    ms/step is the "BLAS floor" the issue's targets were set against, measured in the same run as the trainers,
+    so a busy machine moves both. It learns nothing: test_acc is NaN."""
+    del x_test, y_test, lr  # same signature as the peers
+    if device != "cpu":
+        raise ValueError("the floor is measured on cpu only")
+    sizes = MODELS[model]["sizes"]
+    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+    y_train = np.asarray(y_train, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+    ws = [rng.standard_normal(shape, dtype=np.float32) for shape in pairs]
+    gs = [rng.standard_normal((batch_size, fan_out), dtype=np.float32) for _, fan_out in pairs]  # output grads
+    hs = [np.empty((batch_size, fan_out), np.float32) for _, fan_out in pairs]  # forward products
+    dws = [np.empty(shape, np.float32) for shape in pairs]
+    dhs = [np.empty((batch_size, fan_in), np.float32) for fan_in, _ in pairs]
+
+    def step(x: np.ndarray) -> None:
+        h = x
+        for w, out in zip(ws, hs, strict=True):
+            np.matmul(h, w, out=out)
+            h = out
+        for i in range(len(ws)):
+            np.matmul((x if i == 0 else hs[i - 1]).T, gs[i], out=dws[i])
+            if i > 0:
+                np.matmul(gs[i], ws[i].T, out=dhs[i])
+
+    epoch_times, first_step, steps = [], 0.0, 0
+    for ep in range(epochs):
+        t0 = time.perf_counter()
+        steps = 0
+        for idx in batch_orders(len(x_train), batch_size, seed, ep):
+            x, _ = x_train[idx], y_train[idx]
+            step(x)
+            if ep == 0 and steps == 0:
+                first_step = time.perf_counter() - t0
+            steps += 1
+        epoch_times.append(time.perf_counter() - t0)
+    return _summarize(epoch_times, first_step, steps, [], float("nan"))
+
+
 PEERS: dict[str, Callable[..., dict]] = {"numpy": train_numpy, "torch": train_torch, "jax": train_jax}
+FLOOR = train_floor  # benchmarks/mnist.py's "floor" row
 
 
 def available_peers() -> list[str]:

@@ -86,3 +86,14 @@ def test_framework_peers_match_the_numpy_peer(name: str) -> None:
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed")
     np.testing.assert_allclose(_peer_losses(name, None), _peer_losses("numpy", None), rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["mlp", "seed"])
+def test_floor_times_the_gather_and_matmuls_only(model: str) -> None:
+    # benchmarks/mnist.py's "BLAS floor" row: a step is the batch gather plus the model's matmuls, nothing learnt
+    x, y, xt, yt = _problem()
+    r = peers.FLOOR(model, x, y, xt, yt, epochs=2, batch_size=BATCH, seed=0)
+    assert len(r["s_per_epoch"]) == 2 and r["ms_per_step"] > 0
+    assert np.isnan(r["test_acc"]) and r["losses"] == []
+    with pytest.raises(ValueError, match="cpu only"):
+        peers.FLOOR(model, x, y, xt, yt, device="cuda")

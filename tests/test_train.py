@@ -129,12 +129,13 @@ def test_benchmark_script_runs_every_picograd_trainer(tmp_path) -> None:
     _mnist(1, 1)  # skips without the data
     js = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "mnist.py"), "--models", "mlp", "--epochs", "1", "--limit",
-           "1280", "--trainers", "lazy", "plain", "eager", "numpy", "--json", str(js)]
+           "1280", "--trainers", "lazy", "plain", "eager", "numpy", "floor", "--json", str(js)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ}, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(js.read_text())["mlp"]
-    assert sorted(res) == ["eager", "lazy", "numpy", "plain"], out.stdout
+    assert sorted(res) == ["eager", "floor", "lazy", "numpy", "plain"], out.stdout
     # same initial weights and batches: the same losses, whatever runs them
     np.testing.assert_allclose(res["lazy"]["losses"], res["plain"]["losses"], rtol=1e-6)
     np.testing.assert_allclose(res["lazy"]["losses"], res["numpy"]["losses"], rtol=1e-4)
     assert "picograd lazy" in out.stdout and "picograd no-jit" in out.stdout
+    assert "BLAS floor" in out.stdout and "/floor" in out.stdout
