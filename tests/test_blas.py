@@ -1,6 +1,7 @@
 """The generated code's gemm intrinsics (codegen/blas.py): gemm / gemm_ldc through numba's helper (scipy's
 OpenBLAS), gemm_1 / gemm_ldc_1 through the sequential gemm bound at import (Intel MKL where installed, else
-OpenBLAS), and which one a program in blocks calls (cpu_matmul.ONE_THREAD_MIN_K)."""
+OpenBLAS), gemm_np / gemm_ldc_np through numpy's own OpenBLAS, and which one a program calls (in blocks:
+cpu_matmul.ONE_THREAD_MIN_K; whole: numpy's where found)."""
 
 from __future__ import annotations
 
@@ -28,16 +29,19 @@ def _operands(m: int, n: int, k: int, ta: int, tb: int, dtype: type) -> tuple:
     return a, b, (a.T if ta else a) @ (b.T if tb else b)
 
 
-def _check_gemm_1(dtype: type) -> None:
+def _check_gemm_1(dtype: type, suffix: str = "_1") -> None:
+    """blas.gemm{suffix} and gemm_ldc{suffix} against numpy: offsets, transposes, a row stride for C."""
     from numba import njit
+
+    gemm, gemm_ldc = getattr(blas, f"gemm{suffix}"), getattr(blas, f"gemm_ldc{suffix}")
 
     @njit
     def call(a, ta, lda, b, tb, ldb, c, m, n, k):  # noqa: ANN001, ANN202
-        blas.gemm_1(a, 3, ta, lda, b, 0, tb, ldb, c, 2, m, n, k)
+        gemm(a, 3, ta, lda, b, 0, tb, ldb, c, 2, m, n, k)
 
     @njit
     def call_ldc(a, ta, lda, b, tb, ldb, c, ldc, m, n, k):  # noqa: ANN001, ANN202
-        blas.gemm_ldc_1(a, 0, ta, lda, b, 0, tb, ldb, c, 1, ldc, m, n, k)
+        gemm_ldc(a, 0, ta, lda, b, 0, tb, ldb, c, 1, ldc, m, n, k)
 
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     for m, n, k, ta, tb in CASES:
@@ -57,6 +61,44 @@ def _check_gemm_1(dtype: type) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_1_matches_numpy(dtype: type) -> None:
     _check_gemm_1(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_np_matches_numpy(dtype: type) -> None:
+    """gemm_np: numpy's own OpenBLAS (64-bit integers) where numpy's wheel bundles it, else not bound."""
+    if not blas.SHARED:
+        pytest.skip("numpy here does not run on its bundled OpenBLAS: whole matmuls keep scipy's (blas.gemm)")
+    _check_gemm_1(dtype, "_np")
+
+
+def test_whole_programs_share_numpys_blas_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program whose matmuls are left whole (not in blocks) calls gemm_np where numpy's OpenBLAS was found, so
+    it runs on numpy's thread pool and leaves scipy's pinned to one thread; the result matches numpy."""
+    monkeypatch.setenv("PICOGRAD_BACKEND", "cpu")
+    monkeypatch.setattr(cache, "_programs", {})
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((32, 100)).astype(np.float32)
+    w = Tensor(rng.standard_normal((100, 20)).astype(np.float32), requires_grad=True)
+    y = (Tensor(x) @ w).relu()
+    y.sum().backward()
+    pg.realize(y, w.grad)
+    prog = [p for p in cache._programs.values() if p is not cache._EXPAND][-1]
+    calls = {ln.strip().split("(")[0] for ln in prog.source.splitlines() if ln.strip().startswith("gemm")}
+    if blas.SHARED:
+        assert calls == {"gemm_np"} and prog.blas_threads == 1
+    else:
+        assert calls == {"gemm"} and prog.blas_threads == 0
+    np.testing.assert_allclose(y.numpy(), np.maximum(x @ w.numpy(), 0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(w.grad.numpy(), x.T @ (x @ w.numpy() > 0), rtol=1e-4, atol=1e-4)
+
+
+def test_numpy_blas_can_be_turned_off() -> None:
+    """PICOGRAD_NUMPY_BLAS=0 (checked in a fresh process): whole matmuls call scipy's OpenBLAS as before."""
+    script = "from picograd.codegen import blas\nprint(blas.SHARED)"
+    env = dict(os.environ, PICOGRAD_NUMPY_BLAS="0", PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_openblas_when_asked_and_mkl_found_when_installed() -> None:

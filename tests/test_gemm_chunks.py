@@ -21,7 +21,7 @@ import pytest
 
 import picograd as pg
 from picograd import Tensor, optim
-from picograd.codegen import cache, cpu_matmul, threads
+from picograd.codegen import blas, cache, cpu_matmul, threads
 from picograd.ir import build as B
 from picograd.nn import functional as F
 
@@ -208,6 +208,11 @@ def _scipy_blas_threads() -> int:
     return int(getter())
 
 
+# OpenBLAS threads a program whose matmuls are whole asks for (cache.Program.blas_threads): with numpy's pool found
+# (blas.SHARED) its gemm_np calls run there and scipy's OpenBLAS stays on one thread, else all of scipy's
+WHOLE = 1 if blas.SHARED else 0
+
+
 def test_program_picks_blocks_or_openblas_threads(monkeypatch) -> None:
     """A program with a matmul of >= BLOCKS_MIN_MACS runs its matmuls in blocks with OpenBLAS on one thread,
     unless each such matmul has a long contraction and a light epilogue; one with only smaller matmuls and no big
@@ -226,8 +231,9 @@ def test_program_picks_blocks_or_openblas_threads(monkeypatch) -> None:
     small = (Tensor(a[:, :128]) @ Tensor(b[:128, :128])).relu()  # 1M: a program of small matmuls
     small.realize()
     prog = _program()
-    assert prog.blas_threads == 0 and "prange(" not in prog.source
-    assert _scipy_blas_threads() == threads._blas["all"]
+    assert prog.blas_threads == WHOLE and "prange(" not in prog.source
+    assert _scipy_blas_threads() == (1 if blas.SHARED else threads._blas["all"])
+    assert ("gemm_np(" in prog.source) == blas.SHARED  # whole matmuls run on numpy's OpenBLAS where found
     np.testing.assert_allclose(small.numpy(), np.maximum(a[:, :128] @ b[:128, :128], 0), rtol=1e-4, atol=1e-4)
     big2 = (Tensor(a).T @ Tensor(g)) * 2.0
     big2.realize()
@@ -236,7 +242,8 @@ def test_program_picks_blocks_or_openblas_threads(monkeypatch) -> None:
     long_light = (Tensor(a) @ Tensor(b)).relu()
     long_light.realize()
     prog = _program()
-    assert prog.blas_threads == 0 and "prange(" not in prog.source and _scipy_blas_threads() == threads._blas["all"]
+    assert prog.blas_threads == WHOLE and "prange(" not in prog.source
+    assert _scipy_blas_threads() == (1 if blas.SHARED else threads._blas["all"])
     np.testing.assert_allclose(long_light.numpy(), np.maximum(a @ b, 0), rtol=1e-4, atol=1e-3)
     # 26M over 256 with ~6 ops per element (over 1/64 per multiply-add): in blocks
     c, d = rng.standard_normal((256, 256)).astype(np.float32), rng.standard_normal((256, 400)).astype(np.float32)

@@ -22,7 +22,13 @@ are the same through the symbols picograd_sgemm_1 / picograd_dgemm_1, bound when
 cached machine code works in any process) to Intel MKL's sequential gemm where MKL is installed (`pip install
 -e '.[mkl]'`), else to scipy's OpenBLAS. Programs whose matmuls run in blocks on our threads, one single-threaded
 gemm per block, call them for products with a long contraction, where MKL is faster (cpu_matmul.py has the
-numbers); PICOGRAD_BLAS=openblas keeps OpenBLAS for everything."""
+numbers); PICOGRAD_BLAS=openblas keeps OpenBLAS for everything.
+
+    gemm_np(...), gemm_ldc_np(...)
+
+are the same through picograd_sgemm_np / picograd_dgemm_np: numpy's own OpenBLAS (ILP64, from numpy's wheel),
+so that programs whose matmuls are left whole to BLAS threads share numpy's thread pool instead of starting a
+second one (see SHARED). Where numpy runs on another BLAS, those programs call gemm as before."""
 
 from __future__ import annotations
 
@@ -84,39 +90,43 @@ def _codegen(context, builder, tys: tuple, args: list) -> None:
     check_blas_return(context, builder, res)
 
 
-def _codegen_one_thread(context, builder, tys: tuple, args: list) -> None:
-    """One call of the Fortran-style sgemm/dgemm bound to picograd_xgemm_1 (see _bind_one_thread); tys and args
-    in gemm_ldc's order."""
-    dtype = tys[0].dtype
-    llty = context.get_value_type(dtype)
-    i32 = ir.IntType(32)
-    p = llty.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [_void_p, _void_p, i32.as_pointer(), i32.as_pointer(), i32.as_pointer(),
-                                           p, p, i32.as_pointer(), p, i32.as_pointer(), p, p, i32.as_pointer()])
-    name = "picograd_sgemm_1" if dtype == types.float32 else "picograd_dgemm_1"
-    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
-    va, voffa, vta, vlda, vb, voffb, vtb, vldb, vc, voffc, vldc, vm, vn, vk = args
-    intp = context.get_value_type(types.intp)
+def _fortran(names: tuple[str, str], int_bits: int) -> Any:
+    """Codegen of one call of a Fortran-style sgemm/dgemm bound to the symbols `names` (float32, float64), with
+    integers of int_bits (32: LP64, 64: ILP64); tys and args in gemm_ldc's order."""
 
-    def int32(v, ty):
-        return cgutils.alloca_once_value(builder, builder.trunc(context.cast(builder, v, ty, types.intp), i32))
+    def emit(context, builder, tys: tuple, args: list) -> None:
+        dtype = tys[0].dtype
+        llty = context.get_value_type(dtype)
+        iw = ir.IntType(int_bits)
+        p = llty.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [_void_p, _void_p, iw.as_pointer(), iw.as_pointer(), iw.as_pointer(),
+                                               p, p, iw.as_pointer(), p, iw.as_pointer(), p, p, iw.as_pointer()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, names[dtype != types.float32])
+        va, voffa, vta, vlda, vb, voffb, vtb, vldb, vc, voffc, vldc, vm, vn, vk = args
+        intp = context.get_value_type(types.intp)
 
-    def ptr(arr, aty, off, offty):
-        data = context.make_array(aty)(context, builder, arr).data
-        return builder.gep(data, [context.cast(builder, off, offty, types.intp)])
+        def integer(v, ty):
+            x = context.cast(builder, v, ty, types.intp)
+            return cgutils.alloca_once_value(builder, builder.trunc(x, iw) if int_bits < intp.width else x)
 
-    def flag(v, ty):
-        is_t = builder.icmp_signed("!=", context.cast(builder, v, ty, types.intp), ir.Constant(intp, 0))
-        return cgutils.alloca_once_value(builder, builder.select(is_t, ir.Constant(_char, ord("t")),
-                                                                 ir.Constant(_char, ord("n"))))
+        def ptr(arr, aty, off, offty):
+            data = context.make_array(aty)(context, builder, arr).data
+            return builder.gep(data, [context.cast(builder, off, offty, types.intp)])
 
-    alpha = cgutils.alloca_once_value(builder, ir.Constant(llty, 1.0))
-    beta = cgutils.alloca_once_value(builder, ir.Constant(llty, 0.0))
-    # row-major C = op(A) op(B) is column-major C.T = op(B).T op(A).T: B first, as in _codegen
-    builder.call(fn, (flag(vtb, tys[6]), flag(vta, tys[2]), int32(vn, tys[12]), int32(vm, tys[11]),
-                      int32(vk, tys[13]), alpha, ptr(vb, tys[4], voffb, tys[5]), int32(vldb, tys[7]),
-                      ptr(va, tys[0], voffa, tys[1]), int32(vlda, tys[3]), beta, ptr(vc, tys[8], voffc, tys[9]),
-                      int32(vldc, tys[10])))
+        def flag(v, ty):
+            is_t = builder.icmp_signed("!=", context.cast(builder, v, ty, types.intp), ir.Constant(intp, 0))
+            return cgutils.alloca_once_value(builder, builder.select(is_t, ir.Constant(_char, ord("t")),
+                                                                     ir.Constant(_char, ord("n"))))
+
+        alpha = cgutils.alloca_once_value(builder, ir.Constant(llty, 1.0))
+        beta = cgutils.alloca_once_value(builder, ir.Constant(llty, 0.0))
+        # row-major C = op(A) op(B) is column-major C.T = op(B).T op(A).T: B first, as in _codegen
+        builder.call(fn, (flag(vtb, tys[6]), flag(vta, tys[2]), integer(vn, tys[12]), integer(vm, tys[11]),
+                          integer(vk, tys[13]), alpha, ptr(vb, tys[4], voffb, tys[5]), integer(vldb, tys[7]),
+                          ptr(va, tys[0], voffa, tys[1]), integer(vlda, tys[3]), beta, ptr(vc, tys[8], voffc, tys[9]),
+                          integer(vldc, tys[10])))
+
+    return emit
 
 
 def _mkl_sequential() -> tuple[str, int, int] | None:
@@ -182,8 +192,48 @@ def _bind_one_thread() -> str:
 ONE_THREAD = _bind_one_thread()  # the library behind gemm_1 in this process
 
 
+def _numpy_openblas() -> tuple[int, int] | None:
+    """(sgemm, dgemm) of the ILP64 OpenBLAS bundled with numpy's wheel (numpy.libs/), when numpy has loaded it;
+    None for a numpy built on another BLAS (MKL, Accelerate, a system library) or PICOGRAD_NUMPY_BLAS=0."""
+    if os.environ.get("PICOGRAD_NUMPY_BLAS", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    import numpy
+
+    libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libs, "lib*openblas64*.so*"))):
+        if not _mapped(os.path.basename(path)):
+            continue  # not the library numpy itself runs on
+        try:
+            lib = ctypes.CDLL(path)  # loaded already: the same handle, and the same thread pool as np.dot
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_", "_64_"), ("", "_64_"), ("", "64_")):
+            s, d = (getattr(lib, f"{prefix}{x}gemm{suffix}", None) for x in "sd")
+            if s is not None and d is not None:
+                return ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value
+    return None
+
+
+def _bind_shared() -> bool:
+    """Bind picograd_sgemm_np / picograd_dgemm_np to numpy's own OpenBLAS; False where it isn't found."""
+    found = _numpy_openblas()
+    if found is None:
+        return False
+    binding.add_symbol("picograd_sgemm_np", found[0])
+    binding.add_symbol("picograd_dgemm_np", found[1])
+    return True
+
+
+# Whole matmuls (programs not in blocks) call gemm_np: numpy's OpenBLAS and its thread pool rather than scipy's.
+# Two OpenBLAS pools in one process fight: each one's threads spin for a while after a call. A training loop of
+# the 784-128-10 MLP that also did one numpy matmul per step took 4.45 ms/step instead of 0.73, the numpy
+# matmul 3.5 ms instead of ~0.1; sharing numpy's pool ends that, and numpy's build (0.3.31 here, scipy's 0.3.30)
+# is as fast or faster on these products (weight gradients ~5-15%).
+SHARED = _bind_shared()
+
+
 def _intrinsics(emit: Any, suffix: str) -> tuple[Any, Any]:
-    """(gemm, gemm_ldc) intrinsics whose calls `emit` lowers (_codegen or _codegen_one_thread)."""
+    """(gemm, gemm_ldc) intrinsics whose calls `emit` lowers (_codegen or a _fortran call)."""
 
     def gemm(typingctx, a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k):  # noqa: ARG001
         sig = _typing(a, b, c, (a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k))
@@ -215,7 +265,8 @@ def _intrinsics(emit: Any, suffix: str) -> tuple[Any, Any]:
 
 
 gemm, gemm_ldc = _intrinsics(_codegen, "")
-gemm_1, gemm_ldc_1 = _intrinsics(_codegen_one_thread, "_1")
+gemm_1, gemm_ldc_1 = _intrinsics(_fortran(("picograd_sgemm_1", "picograd_dgemm_1"), 32), "_1")
+gemm_np, gemm_ldc_np = _intrinsics(_fortran(("picograd_sgemm_np", "picograd_dgemm_np"), 64), "_np")
 
 
 def _gemm_ldc_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, ldc, m, n, k) -> None:
@@ -235,5 +286,5 @@ def _gemm_python(a, offa, ta, lda, b, offb, tb, ldb, c, offc, m, n, k) -> None:
 
 
 if config.DISABLE_JIT:
-    gemm = gemm_1 = _gemm_python  # noqa: F811
-    gemm_ldc = gemm_ldc_1 = _gemm_ldc_python  # noqa: F811
+    gemm = gemm_1 = gemm_np = _gemm_python  # noqa: F811
+    gemm_ldc = gemm_ldc_1 = gemm_ldc_np = _gemm_ldc_python  # noqa: F811

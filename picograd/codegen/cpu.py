@@ -32,7 +32,7 @@ import numpy as np
 from ..ir import ops
 from ..ir.node import Node
 from ..ir.printer import GraphView
-from . import compile_helper
+from . import blas, compile_helper
 from . import indexing as ix
 from .clock import AVAILABLE as CLOCK
 from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
@@ -342,8 +342,10 @@ def _prod(xs) -> int:
 
 
 def _gemm_import(body: str) -> str:
-    """The gemm intrinsics the kernels call (blas.py: gemm_1 and gemm_ldc_1 for long products in blocks)."""
-    names = [n for n in ("gemm", "gemm_ldc", "gemm_1", "gemm_ldc_1") if f"{n}(" in body] or ["gemm"]
+    """The gemm intrinsics the kernels call (blas.py: gemm_1 and gemm_ldc_1 for long products in blocks, gemm_np
+    and gemm_ldc_np for whole ones on numpy's OpenBLAS)."""
+    names = [n for n in ("gemm", "gemm_ldc", "gemm_1", "gemm_ldc_1", "gemm_np", "gemm_ldc_np") if f"{n}(" in body]
+    names = names or ["gemm"]
     return f"from picograd.codegen.blas import {', '.join(names)}  # noqa: F401"
 
 
@@ -488,4 +490,5 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
     source = "\n".join(header) + "\n\n" + "\n\n\n".join(funcs + ["\n".join(entry)]) + "\n"
     return Rendered(source, kernel_sources, args, arenas, [c.kernel.name for c in codes if c.parallel],
                     [c.kernel.name for c in codes if c.parallel or split], kernel_args,
-                    blas_threads=1 if blocks else 0, over=dict(over))
+                    # whole matmuls on numpy's pool leave scipy's pinned to one thread (threads.blas_threads)
+                    blas_threads=1 if blocks or blas.SHARED else 0, over=dict(over))

@@ -14,6 +14,7 @@ from typing import Any
 from numba.core import config as numba_config
 
 from ..ir.node import Node
+from . import blas
 from .cpu_expr import node_label, np_type
 from .schedule import Kernel, contracted, matmul_operands
 from .threads import pin_blas
@@ -133,7 +134,10 @@ def gemm_lines(r: Any, n: Node, chunk: int | None = None, ksplit: bool = False) 
     lda, ldb = (m if ta else k), (k if tb else nn)
     na, nb = r.names[id(ba)], r.names[id(bb)]
     args = f"{na}, {{oa}}, {int(ta)}, {lda}, {nb}, {{ob}}, {int(tb)}, {ldb}, {{c}}, {{oc}}, {{mnk}}"
-    one = "_1" if r.blocks and k >= ONE_THREAD_MIN_K and min(m, nn) >= ONE_THREAD_MIN_SIDE else ""
+    if r.blocks:
+        one = "_1" if k >= ONE_THREAD_MIN_K and min(m, nn) >= ONE_THREAD_MIN_SIDE else ""
+    else:  # whole, on BLAS's threads: numpy's pool where we found it (blas.SHARED)
+        one = "_np" if blas.SHARED else ""
     if chunk is not None:
         ext = (m, nn)[chunk]
         # A block count fixed in the source (numba.get_num_threads() in @njit code can't be cached to disk)
@@ -155,7 +159,7 @@ def gemm_lines(r: Any, n: Node, chunk: int | None = None, ksplit: bool = False) 
     # batches are independent gemms: over our threads when big (OpenBLAS pinned to one thread has no others)
     rng = "prange" if r.blocks and _prod(n.shape) * k >= CHUNK_MIN_MACS else "range"
     call = args.format(oa=f"b * {m * k}", ob=f"b * {k * nn}", c=out, oc=f"b * {m * nn}", mnk=f"{m}, {nn}, {k}")
-    return lines + [f"for b in {rng}({n.shape[0]}):", f"    gemm({call})"]
+    return lines + [f"for b in {rng}({n.shape[0]}):", f"    gemm{'' if r.blocks else one}({call})"]
 
 
 def _ksplit_lines(r: Any, n: Node, nk: int, nch: int, args: str, lda: int, ldb: int) -> list[str]:
