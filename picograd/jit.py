@@ -229,6 +229,7 @@ class _Plan:
     donated_root: dict[int, int]
     kept: frozenset[int]  # the donated roots whose tensor keeps its Buffer when all donations hold
     kept_not: frozenset[int]  # roots returned or written twice (their results are always needed)
+    fresh: list[tuple[weakref.ref, int]]  # writes to tensors the program doesn't read (gradients): (tensor, root)
     returns: list[tuple[int, str, Tensor | None]]  # per returned tensor: output index (or -1) and device
     out: Any
     returned: list[Tensor]
@@ -278,6 +279,8 @@ class _Plan:
             j for k, (_, j, _) in enumerate(p.writes) if any(w[1] == j for w in p.writes[k + 1 :])
         }
         p.kept = frozenset(p.donated_root.values()) - p.kept_not
+        read = {id(x()) for kind, x in p.slots if kind == "owner"}
+        p.fresh = [(ref, j) for ref, j, _ in p.writes if id(ref()) not in read]
         return p
 
     @property
@@ -365,7 +368,11 @@ class _Plan:
                 arrays.append(host[x])
             else:
                 arrays.append(x.data)
-        outs = self.run(arrays, sole, skip) if self.donated_root else self.run(arrays)
+        reuse = _reuse_of(self)
+        if reuse:
+            outs = self.run(arrays, sole, skip, reuse)
+        else:
+            outs = self.run(arrays, sole, skip) if self.donated_root else self.run(arrays)
         for ref, j, dev in self.writes:
             t = ref()
             if t is not None and outs[j] is not None:
@@ -378,6 +385,31 @@ class _Plan:
         for t, (j, dev, same) in zip(self.returned, self.returns, strict=True):
             new[id(t)] = same if j < 0 else Tensor(buffer_node(Buffer(outs[j], dev)), requires_grad=False)
         return _rebuild(self.out, new)
+
+
+def _reuse_of(plan: _Plan) -> dict[int, np.ndarray] | None:
+    """{root: array} for the step's gradients whose current values nothing else holds: the program writes the new
+    ones into those arrays rather than into its alternating output pool, so a step touches one array per gradient
+    (seed model: ~5 MB less per step; its two weight-gradient + Adam kernels ~60-120 us faster each)."""
+    prog = getattr(plan.run, "__self__", None)
+    if not plan.fresh or not hasattr(prog, "reusable"):
+        return None
+    if not _SOLE:
+        _SOLE.append(_calibrate())
+    view = _SOLE[0][1]
+    reuse = {}
+    for ref, root in plan.fresh:
+        t = ref()
+        if t is None:
+            continue
+        counts = _ref_counts(t)  # before this function holds any of them
+        if counts is None or counts[:3] != view[:3]:
+            continue
+        base = prog.reusable(root, t.node.buffer.data)
+        # its program's output pool may hold the array too (cache.Program._args): that reference is expected
+        if base is not None and counts[3] == view[3] + prog.pooled(root, base):
+            reuse[root] = base
+    return reuse
 
 
 def _describe(x: Any) -> str:

@@ -94,7 +94,8 @@ class Program:
     def kernels(self) -> list[Kernel]:
         return self.schedule.kernels
 
-    def _args(self, inputs: list[np.ndarray], sole: Collection[int] = ()) -> tuple[list, list[np.ndarray]]:
+    def _args(self, inputs: list[np.ndarray], sole: Collection[int] = (),
+              reuse: dict[int, np.ndarray] | None = None) -> tuple[list, list[np.ndarray]]:
         ins = []
         for a in inputs:
             a = a.ravel()
@@ -111,6 +112,9 @@ class Program:
         for j, ((n, dt), free) in enumerate(zip(self.out_specs, pool, strict=True)):
             if j in self.in_place:
                 outs.append(ins[self.in_place[j]])
+                continue
+            if reuse and j in reuse:
+                outs.append(reuse[j])
                 continue
             # Recycle an earlier run's output array once nothing refers to it any more (the Buffer that held it
             # and every view of it are gone): a parameter updated each step alternates between two arrays, where
@@ -134,14 +138,36 @@ class Program:
                     for r, (from_input, j, shape) in enumerate(self.results)]
         return [(inputs if from_input else outs)[j].reshape(shape) for from_input, j, shape in self.results]
 
-    def run(self, inputs: list[np.ndarray], sole: Collection[int] = (), skip: Collection[int] = ()) -> list:
+    def run(self, inputs: list[np.ndarray], sole: Collection[int] = (), skip: Collection[int] = (),
+            reuse: dict[int, np.ndarray] | None = None) -> list:
         """Compute the roots from the input arrays (in the order of schedule.inputs). sole: positions of
         in-place inputs that nothing but the tensor being updated refers to, so they may be written over;
-        the others are copied first. skip: roots the caller doesn't need back (None in their place)."""
-        args, outs = self._args(inputs, sole)
+        the others are copied first. skip: roots the caller doesn't need back (None in their place). reuse:
+        {root: flat array} to write those roots into (see reusable)."""
+        if reuse:
+            reuse = {self.results[r][1]: a for r, a in reuse.items()}
+        args, outs = self._args(inputs, sole, reuse)
         blas_threads(self.blas_threads)
         self.entry(*args, _NO_TIMES)
         return self._shaped(inputs, outs, skip)
+
+    def reusable(self, root: int, data: np.ndarray) -> np.ndarray | None:
+        """The flat array under `data` (a value this program computed for `root` before, or any other) when
+        run(reuse=...) may write root's next value into it: C-contiguous, of root's size and dtype. The caller
+        vouches that nothing else holds the old value (picograd.jit: a gradient the step assigns anew)."""
+        from_input, j, _ = self.results[root]
+        if from_input or j in self.in_place:
+            return None
+        base = data if data.base is None else data.base
+        n, dt = self.out_specs[j]
+        if type(base) is not np.ndarray or base.ndim != 1 or base.size != n or base.dtype != dt:
+            return None
+        return base if base.flags.c_contiguous and base.flags.writeable else None
+
+    def pooled(self, root: int, base: np.ndarray) -> int:
+        """1 when `base` sits in root's output pool (a reference reusable's caller must allow for), else 0."""
+        j = self.results[root][1]
+        return int(bool(self.pool) and any(a is base for a in self.pool[j]))
 
     def run_profiled(self, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[float] | None]:
         """Run, timing each kernel where it runs, inside the entry (for PICOGRAD_DEBUG=2 and picograd-dump);
