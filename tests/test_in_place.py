@@ -175,7 +175,15 @@ def _grad_address(p: pg.Tensor) -> int:
     return (data.base if data.base is not None else data).__array_interface__["data"][0]
 
 
-def test_replays_write_gradients_into_their_previous_arrays() -> None:
+@pytest.fixture
+def reuse_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every gradient, however small, is written over its previous array (jit._REUSE_MIN: big ones only)."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("picograd.jit"), "_REUSE_MIN", 0)
+
+
+def test_replays_write_gradients_into_their_previous_arrays(reuse_all: None) -> None:
     """A gradient the step assigns anew (after zero_grad) is written over its previous array when nothing else
     holds it, instead of alternating between two arrays; the values are the eager ones."""
     model, opt, step, batches = _mlp_step()
@@ -195,7 +203,7 @@ def test_replays_write_gradients_into_their_previous_arrays() -> None:
 
 
 @pytest.mark.parametrize("hold", ["graph", "detached"])
-def test_a_gradient_held_elsewhere_keeps_its_value(hold: str) -> None:
+def test_a_gradient_held_elsewhere_keeps_its_value(hold: str, reuse_all: None) -> None:
     """Keeping the old gradient (a lazy graph reading it, or a detached Tensor sharing its value) makes the next
     step write the new one elsewhere. (The Tensor object p.grad itself is the one a replay assigns, as before.)"""
     model, opt, step, batches = _mlp_step()
@@ -208,3 +216,11 @@ def test_a_gradient_held_elsewhere_keeps_its_value(hold: str) -> None:
     assert step.stats["replayed"] == 3
     np.testing.assert_array_equal(kept.numpy(), value)
     assert not np.array_equal(w.grad.numpy(), value)
+
+
+def test_small_gradients_keep_alternating() -> None:
+    """Below jit._REUSE_MIN elements gradients are not checked for reuse: the check would cost more than it saves."""
+    model, opt, step, batches = _mlp_step()
+    for x, y in batches[:5]:
+        step(x, y)
+    assert next(iter(step._entries.values())).plan.fresh == []
