@@ -179,10 +179,14 @@ def _run_once(model: str, trainers: list[str], data: tuple, epochs: int, seed: i
         r.update(wall_s=wall, others_cores=_others_cores(cpu0, _cpu_seconds(), wall),
                  epoch_spread=max(per_epoch) / min(per_epoch))
         results[name] = r
-        acc = "-" if np.isnan(r["test_acc"]) else f"{100 * r['test_acc']:.2f}%"
-        print(f"  {name}: {r['ms_per_step']:.3f} ms/step, test acc {acc} "
+        print(f"  {name}: {r['ms_per_step']:.3f} ms/step, test acc {_acc(r)} "
               f"({r['wall_s']:.1f} s)", flush=True)
     return results
+
+
+def _acc(r: dict) -> str:
+    """Test accuracy as printed; "-" for the floor row, which learns nothing (NaN)."""
+    return "-" if np.isnan(r["test_acc"]) else f"{100 * r['test_acc']:.2f}%"
 
 
 def report(model: str, results: dict[str, dict], epochs: int, rounds: int = 1) -> list[str]:
@@ -204,12 +208,11 @@ def report(model: str, results: dict[str, dict], epochs: int, rounds: int = 1) -
         label = LABELS.get(name, name)
         ratio = f"{r['ms_per_step'] / fastest:.2f}x" if fastest and name != "floor" else "-"
         over = f"{r['ms_per_step'] / floor:.2f}x" if floor and name != "floor" else "-"
-        acc = "-" if np.isnan(r["test_acc"]) else f"{100 * r['test_acc']:.2f}%"
         build = f"{r['build_ms']:.3f}" if "build_ms" in r else ""
         busy = r["others_cores"] > 0.2 or r["epoch_spread"] > 1.3
         spread = f" {r['round_spread']:6.2f}x" if rounds > 1 else ""
         print(f"{label:16s} {r['ms_per_step']:8.3f} {statistics.median(r['s_per_epoch']):8.2f} "
-              f"{r['compile_s']:10.2f} {ratio:>14s} {over:>7s} {acc:>9s} {build:>9s}{spread}"
+              f"{r['compile_s']:10.2f} {ratio:>14s} {over:>7s} {_acc(r):>9s} {build:>9s}{spread}"
               f"{'  *' if busy else ''}")
         if busy:
             warnings.append(f"{model}/{label}: other processes kept {r['others_cores']:.2f} of {os.cpu_count()} "

@@ -284,7 +284,8 @@ class _Plan:
         }
         p.kept = frozenset(p.donated_root.values()) - p.kept_not
         read = {id(x()) for kind, x in p.slots if kind == "owner"}
-        p.fresh = [(ref, j) for ref, j, _ in p.writes if id(ref()) not in read and ref().size >= _REUSE_MIN]
+        reusing = hasattr(getattr(p.run, "__self__", None), "reusable")  # CPU programs (cache.Program)
+        p.fresh = [(ref, j) for ref, j, _ in p.writes if reusing and id(ref()) not in read and ref().size >= _REUSE_MIN]
         return p
 
     @property
@@ -397,12 +398,10 @@ def _reuse_of(plan: _Plan) -> dict[int, np.ndarray] | None:
     """{root: array} for the step's gradients whose current values nothing else holds: the program writes the new
     ones into those arrays rather than into its alternating output pool, so a step touches one array per gradient
     (seed model: ~5 MB less per step; its two weight-gradient + Adam kernels ~60-120 us faster each)."""
-    prog = getattr(plan.run, "__self__", None)
-    if not plan.fresh or not hasattr(prog, "reusable"):
+    if not plan.fresh:
         return None
-    if not _SOLE:
-        _SOLE.append(_calibrate())
-    view = _SOLE[0][1]
+    prog = plan.run.__self__
+    view = _sole_counts()[1]
     reuse = {}
     for ref, root in plan.fresh:
         t = ref()
@@ -477,11 +476,16 @@ def _calibrate() -> tuple[tuple[int, ...] | None, ...]:
 _SOLE: list[tuple[tuple[int, ...] | None, ...]] = []
 
 
+def _sole_counts() -> tuple[tuple[int, ...] | None, ...]:
+    """_calibrate's counts (plain, view), measured once per process."""
+    if not _SOLE:
+        _SOLE.append(_calibrate())
+    return _SOLE[0]
+
+
 def _sole_value(t: Tensor) -> bool:
     """True when nothing but t holds its current value: no lazy graph reads it, no other tensor, array or
     view shares it. Then writing t's new value over it is invisible (picograd's Buffers are otherwise never
     modified). Counts are compared exactly with calibrated ones: a difference either way means "copy"."""
-    if not _SOLE:
-        _SOLE.append(_calibrate())
     counts = _ref_counts(t)
-    return counts is not None and counts in _SOLE[0]
+    return counts is not None and counts in _sole_counts()
