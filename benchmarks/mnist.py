@@ -82,25 +82,19 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
         return loss
 
     step_fn = pg.jit(step) if use_jit and not eager else step
-    losses: list[float] = []
     build: list[float] = []
-    epoch_times, first_step, steps = [], 0.0, 0
+
+    def one(idx: np.ndarray) -> float:
+        tb = time.perf_counter()
+        loss = step_fn(pg.Tensor(x_train[idx], requires_grad=False, device=device),
+                       pg.Tensor(y_train[idx], requires_grad=False, device=device))
+        build.append(time.perf_counter() - tb)
+        return loss.item()  # without jit this realizes forward, backward and update: one program
+
     with pg.eager() if eager else contextlib.nullcontext():
-        for ep in range(epochs):
-            t0 = time.perf_counter()
-            steps = 0
-            for idx in peers.batch_orders(len(x_train), batch_size, seed, ep):
-                tb = time.perf_counter()
-                loss = step_fn(pg.Tensor(x_train[idx], requires_grad=False, device=device),
-                               pg.Tensor(y_train[idx], requires_grad=False, device=device))
-                build.append(time.perf_counter() - tb)
-                value = loss.item()  # without jit this realizes forward, backward and update: one program
-                if ep == 0 and steps == 0:
-                    first_step = time.perf_counter() - t0
-                if len(losses) < peers.N_LOSSES:
-                    losses.append(value)
-                steps += 1
-            epoch_times.append(time.perf_counter() - t0)
+        epoch_times, first_step, steps, losses = peers.timed_epochs(
+            epochs, lambda ep: peers.batch_orders(len(x_train), batch_size, seed, ep), one
+        )
         net.eval()
         pred = np.concatenate([net(pg.Tensor(x_test[i : i + 1000], device=device)).argmax(1).numpy()
                                for i in range(0, len(x_test), 1000)])

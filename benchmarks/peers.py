@@ -19,7 +19,7 @@ import importlib.util
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,36 @@ def batch_orders(n: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
         raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")
     perm = np.random.default_rng((seed, epoch)).permutation(n)
     return perm[: steps * batch_size].reshape(steps, batch_size)
+
+
+def timed_epochs(
+    epochs: int,
+    batches: Callable[[int], Iterable[Any]],
+    step: Callable[[Any], Any],
+    sync: Callable[[], None] = lambda: None,
+) -> tuple[list[float], float, int, list[Any]]:
+    """The timing loop every trainer shares. Per epoch: `batches(ep)` (made before the clock starts), then
+    `step(batch)` for each; `sync()` waits for queued device work and is called before the clock starts, after the
+    first step (whose time, compile included, is `first_step`) and before each epoch's time is taken. Returns
+    (epoch_times, first_step, steps per epoch, the first N_LOSSES non-None step results)."""
+    losses: list[Any] = []
+    epoch_times, first_step, steps = [], 0.0, 0
+    for ep in range(epochs):
+        todo = batches(ep)
+        sync()
+        t0 = time.perf_counter()
+        steps = 0
+        for batch in todo:
+            loss = step(batch)
+            if ep == 0 and steps == 0:
+                sync()
+                first_step = time.perf_counter() - t0
+            if loss is not None and len(losses) < N_LOSSES:
+                losses.append(loss)
+            steps += 1
+        sync()
+        epoch_times.append(time.perf_counter() - t0)
+    return epoch_times, first_step, steps, losses
 
 
 def _summarize(epoch_times: list[float], first_step: float, steps: int, losses: list[float], acc: float) -> dict:
@@ -211,19 +241,11 @@ def train_numpy(
                 np.maximum(h, 0, out=h)
         return h.argmax(axis=1)
 
-    losses: list[float] = []
-    epoch_times, first_step, steps = [], 0.0, 0
-    for ep in range(epochs):
-        t0 = time.perf_counter()
-        steps = 0
-        for idx in batch_orders(len(x_train), batch_size, seed, ep):
-            loss = step(x_train[idx], y_train[idx])
-            if ep == 0 and steps == 0:
-                first_step = time.perf_counter() - t0
-            if len(losses) < N_LOSSES:
-                losses.append(loss)
-            steps += 1
-        epoch_times.append(time.perf_counter() - t0)
+    epoch_times, first_step, steps, losses = timed_epochs(
+        epochs,
+        lambda ep: batch_orders(len(x_train), batch_size, seed, ep),
+        lambda idx: step(x_train[idx], y_train[idx]),
+    )
     acc = float(np.mean(np.concatenate([predict(x_test[i : i + 1000]) for i in range(0, len(x_test), 1000)]) == y_test))
     return _summarize(epoch_times, first_step, steps, losses, acc)
 
@@ -285,27 +307,17 @@ def train_torch(
     xt = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)).to(dev)
     yt = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(dev)
 
-    losses: list[Any] = []
-    epoch_times, first_step, steps = [], 0.0, 0
+    def one(i: Any) -> Any:
+        loss = F.nll_loss(F.log_softmax(net(xt[i]), dim=1), yt[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()  # .item() here would sync every step on cuda
+
     net.train()
-    for ep in range(epochs):
-        order = torch.from_numpy(batch_orders(len(x_train), batch_size, seed, ep)).to(dev)
-        sync()
-        t0 = time.perf_counter()
-        steps = 0
-        for i in order:
-            loss = F.nll_loss(F.log_softmax(net(xt[i]), dim=1), yt[i])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ep == 0 and steps == 0:
-                sync()
-                first_step = time.perf_counter() - t0
-            if len(losses) < N_LOSSES:
-                losses.append(loss.detach())  # .item() here would sync every step on cuda
-            steps += 1
-        sync()
-        epoch_times.append(time.perf_counter() - t0)
+    epoch_times, first_step, steps, losses = timed_epochs(
+        epochs, lambda ep: torch.from_numpy(batch_orders(len(x_train), batch_size, seed, ep)).to(dev), one, sync
+    )
     net.eval()
     with torch.no_grad():
         pred = net(torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)).to(dev)).argmax(1).cpu().numpy()
@@ -387,23 +399,17 @@ def train_jax(
     predict = jax.jit(lambda ps, x: jnp.argmax(forward(ps, x, None), axis=1))
     base_key = jax.random.PRNGKey(seed)
 
-    losses: list[Any] = []
-    epoch_times, first_step, steps = [], 0.0, 0
-    for ep in range(epochs):
+    def batches(ep: int) -> Iterable[tuple]:
         order = put(batch_orders(len(x_train), batch_size, seed, ep).astype(np.int32))
         key = jax.random.fold_in(base_key, ep)
-        t0 = time.perf_counter()
-        steps = 0
-        for b in range(len(order)):
-            params, state, loss = step(params, state, xt, yt, order, b, key)
-            if ep == 0 and steps == 0:
-                loss.block_until_ready()
-                first_step = time.perf_counter() - t0
-            if len(losses) < N_LOSSES:
-                losses.append(loss)  # keep on device; converting would sync every step
-            steps += 1
-        jax.block_until_ready(params)
-        epoch_times.append(time.perf_counter() - t0)
+        return [(order, b, key) for b in range(len(order))]
+
+    def one(batch: tuple) -> Any:
+        nonlocal params, state
+        params, state, loss = step(params, state, xt, yt, *batch)
+        return loss  # kept on device; converting would sync every step
+
+    epoch_times, first_step, steps, losses = timed_epochs(epochs, batches, one, lambda: jax.block_until_ready(params))
     pred = np.asarray(predict(params, put(np.ascontiguousarray(x_test, dtype=np.float32))))
     acc = float(np.mean(pred == np.asarray(y_test)))
     return _summarize(epoch_times, first_step, steps, [float(v) for v in losses], acc)
@@ -455,17 +461,13 @@ def train_floor(
             if i > 0:
                 np.matmul(gs[i], ws[i].T, out=dhs[i])
 
-    epoch_times, first_step, steps = [], 0.0, 0
-    for ep in range(epochs):
-        t0 = time.perf_counter()
-        steps = 0
-        for idx in batch_orders(len(x_train), batch_size, seed, ep):
-            x, _ = x_train[idx], y_train[idx]
-            step(x)
-            if ep == 0 and steps == 0:
-                first_step = time.perf_counter() - t0
-            steps += 1
-        epoch_times.append(time.perf_counter() - t0)
+    def one(idx: np.ndarray) -> None:
+        x, _ = x_train[idx], y_train[idx]
+        step(x)
+
+    epoch_times, first_step, steps, _ = timed_epochs(
+        epochs, lambda ep: batch_orders(len(x_train), batch_size, seed, ep), one
+    )
     return _summarize(epoch_times, first_step, steps, [], float("nan"))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,23 @@ def test_floor_times_the_gather_and_matmuls_only(model: str) -> None:
     assert np.isnan(r["test_acc"]) and r["losses"] == []
     with pytest.raises(ValueError, match="cpu only"):
         peers.FLOOR(model, x, y, xt, yt, device="cuda")
+
+
+def test_timed_epochs_times_only_the_steps_and_syncs_around_them() -> None:
+    # The loop every trainer shares: batch lists are made off the clock; sync brackets the first step and each epoch.
+    events: list[str] = []
+
+    def batches(ep: int) -> list[int]:
+        events.append(f"batches{ep}")
+        time.sleep(0.05)  # preparing an epoch's order must not count as step time
+        return list(range(3))
+
+    def step(b: int) -> float | None:
+        events.append(f"step{b}")
+        return None if b == 1 else float(b)
+
+    times, first, steps, losses = peers.timed_epochs(2, batches, step, lambda: events.append("sync"))
+    assert steps == 3 and len(times) == 2 and all(t < 0.04 for t in times) and 0 <= first <= times[0]
+    assert losses == [0.0, 2.0, 0.0, 2.0]  # None results are not losses
+    epoch = ["sync", "step0", "step1", "step2", "sync"]
+    assert events == ["batches0", "sync", "step0", "sync", "step1", "step2", "sync", "batches1", *epoch]
