@@ -54,7 +54,7 @@ import picograd, picograd.cuda as c
 print('is_available', c.is_available())
 print('device', c.device_name())
 from picograd.codegen import cuda_runtime as rt
-d = rt.driver(); print('cc', d.cc, 'SMs', d.sm_count, 'memory pools', d.pools)
+d = rt.driver(); print('cc', d.cc, 'SMs', d.sm_count, 'memory pools', d.pools, 'pool keeps freed blocks', d.pool_keeps)
 import numpy as np
 x = picograd.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3), device='cuda')
 print(((x * 2).exp().sum(axis=1)).numpy(), np.exp(np.arange(6).reshape(2, 3) * 2).sum(1))
@@ -115,6 +115,21 @@ for n in (1, 200):
     t1 = time.perf_counter(); rt.synchronize(); t2 = time.perf_counter()
 print(f"program alone, 200 runs: host {1e6 * (t1 - t) / 200:.1f} us/run to enqueue, {1e6 * (t2 - t) / 200:.1f} us/run "
       "until the GPU is done")
+# the same step through pg.jit (what the benchmark's "lazy" trainer and the example run): no graph is built
+@pg.jit
+def jstep(x, y):
+    opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()
+    return loss
+for sync_each in (False, True):
+    for i in range(205):
+        if i == 5:
+            rt.synchronize(); t = time.perf_counter()
+        loss = jstep(Tensor(xb, device="cuda"), Tensor(yb, device="cuda"))
+        if sync_each:
+            loss.item()
+    t1 = time.perf_counter(); rt.synchronize(); t2 = time.perf_counter()
+    print(f"jit step{' + .item()' if sync_each else ''}: host {1e6 * (t1 - t) / 200:.1f} us/step to enqueue, "
+          f"{1e6 * (t2 - t) / 200:.1f} us/step until the GPU is done")
 print("stats", pc.stats())
 PYEOF
 

@@ -54,7 +54,7 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
                    seed: int = 0, dropout: float | None = None, device: str = "cpu", eager: bool = False,
                    use_jit: bool = True) -> dict:
     """picograd with nn/optim, same protocol and result dict as the peers, plus (without jit) "build_ms": the
-    median Python time per step spent building the step's graph (everything before loss.item()).
+    median Python time per step spent building the step's graph (everything before pg.realize(loss)).
     use_jit: the step is a picograd.jit function, as in examples/train_mnist.py; else the plain lazy loop."""
     sizes, opt_kind, lr, p = peers.model_config(model, optim_name, lr, dropout)
     pg.manual_seed(seed)
@@ -84,17 +84,22 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
     step_fn = pg.jit(step) if use_jit and not eager else step
     build: list[float] = []
 
-    def one(idx: np.ndarray) -> float:
+    def one(idx: np.ndarray) -> pg.Tensor:
         tb = time.perf_counter()
         loss = step_fn(pg.Tensor(x_train[idx], requires_grad=False, device=device),
                        pg.Tensor(y_train[idx], requires_grad=False, device=device))
         build.append(time.perf_counter() - tb)
-        return loss.item()  # without jit this realizes forward, backward and update: one program
+        # Without jit this runs forward, backward and update: one program. The loss stays a tensor (on a GPU,
+        # .item() every step would wait for the GPU each time; the torch and jax peers don't either).
+        pg.realize(loss)
+        return loss
 
+    sync = pg.cuda.synchronize if device == "cuda" else lambda: None
     with pg.eager() if eager else contextlib.nullcontext():
         epoch_times, first_step, steps, losses = peers.timed_epochs(
-            epochs, lambda ep: peers.batch_orders(len(x_train), batch_size, seed, ep), one
+            epochs, lambda ep: peers.batch_orders(len(x_train), batch_size, seed, ep), one, sync
         )
+        losses = [t.item() for t in losses]
         net.eval()
         pred = np.concatenate([net(pg.Tensor(x_test[i : i + 1000], device=device)).argmax(1).numpy()
                                for i in range(0, len(x_test), 1000)])

@@ -87,8 +87,9 @@ def _check_input(n: Node) -> None:
 
 def _run(prog: Any, arrays: list[Any]) -> list[CudaArray]:
     _stats["runs"] += 1
-    # A host array on a cuda tensor is e.g. a result computed on the host in eager mode: copy it over.
-    return prog.run([a if isinstance(a, CudaArray) else rt.to_device(np.asarray(a)) for a in arrays])
+    # A host array here is a jit step's host scalar, or a cuda tensor's result computed on the host in eager
+    # mode: the program copies them over (the small ones in one go).
+    return prog.run(arrays)
 
 
 _EXPAND = object()  # this structure must be keyed after autodiff (a realized node hides part of the graph)

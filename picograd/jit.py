@@ -355,7 +355,7 @@ class _Plan:
         host: list[Any] = []
         for a, dev in zip(self.actions, self.host_devices, strict=True):
             v = a.fn()
-            host.append(None if dev is None else v if dev == "cpu" else _t.to_device[dev](v))
+            host.append(None if dev is None else v)  # a device program uploads its host values itself
         arrays = []
         for kind, x in self.slots:
             if kind == "owner":

@@ -172,6 +172,88 @@ def test_generated_ptx_has_no_float64() -> None:
         assert params and set(params) == {"u64"}, (r.name, params)
 
 
+def _matmul_store_stride_axis(source: str) -> str:
+    """Which thread axis ("x" or "y") moves the first store of a rendered matmul's epilogue by one element."""
+    defs = dict(re.findall(r"^\s*(\w+) = (.+)$", source, re.M))
+    flat = re.search(r"^\s*b\d+\[(\w+)\] = ", source, re.M).group(1)
+    unit = defs[flat].split(" + ")[-1]  # "<row> * <cols> + <col>" (or with a batch term first)
+    while unit not in ("rt", "ct"):  # gj = bj + ct + 16, or min(gj, n - 1)
+        expr = defs[unit]
+        unit = next(v for v in re.findall(r"\b(?:rt|ct|g[ij]\d+)\b", expr))
+    return defs[unit].rsplit(".", 1)[1]
+
+
+def test_matmul_epilogue_loads_first_and_stores_coalesced() -> None:
+    # A fused epilogue's loads (Adam's moments and weights) all come before its first store: numba can't mark
+    # buffers noalias, so a load after a store would wait for it. And consecutive lanes of a warp (threadIdx.x)
+    # store consecutive elements, also where the result is written transposed (weight gradients). Shapes as a
+    # GPU renders them (no GPU needed).
+    from picograd import nn, optim
+    from picograd.nn import functional as F
+
+    def step() -> None:
+        pg.manual_seed(0)
+        model = nn.Sequential(nn.Linear(40, 72), nn.ReLU(), nn.Linear(72, 3))
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+        rng = np.random.default_rng(0)
+        loss = F.cross_entropy(model(Tensor(rng.random((24, 40), dtype=np.float32))), Tensor(np.arange(24) % 3))
+        loss.backward()
+        opt.step()
+        pg.realize(loss)
+
+    prog = _render_captured(step)
+    matmuls = [r for r in prog.kernels if "_matmul_" in r.name and not r.name.endswith(("_red", "_p2"))]
+    assert len(matmuls) >= 4, [r.name for r in prog.kernels]
+    transposed = 0
+    for r in matmuls:
+        epilogue = r.source.split("cuda.syncthreads()")[-1]
+        lines = epilogue.splitlines()
+        stores = [i for i, ln in enumerate(lines) if re.match(r"\s*b\d+\[", ln)]
+        loads = [i for i, ln in enumerate(lines) if re.search(r"= .*\bb\d+\[", ln)]
+        assert stores and (not loads or max(loads) < min(stores)), r.source
+        assert _matmul_store_stride_axis(r.source) == "x", r.source
+        transposed += "rt = cuda.threadIdx.x" in r.source
+    assert transposed >= 2, "expected the weight gradients' kernels to store transposed"
+
+
+class _FakeDriver:
+    """Device memory as a bytearray, for the runtime's host-side bookkeeping without a GPU."""
+
+    def __init__(self) -> None:
+        self.mem, self.top, self.calls = bytearray(1 << 20), 256, []
+
+    def alloc(self, nbytes: int) -> int:
+        self.calls.append("alloc")
+        ptr, self.top = self.top, self.top + (nbytes + 255) // 256 * 256
+        return ptr
+
+    def free(self, ptr: int) -> None:
+        pass
+
+    def htod(self, dst: int, src: np.ndarray) -> None:
+        self.calls.append("htod")
+        self.mem[dst : dst + src.nbytes] = src.tobytes()
+
+
+def test_small_host_inputs_share_one_allocation_and_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A jit step's host scalars and labels go up in one driver allocation and one copy; big arrays alone.
+    from picograd.codegen import cuda_runtime as rt
+
+    fake = _FakeDriver()
+    monkeypatch.setattr(rt, "simulated", lambda: False)
+    monkeypatch.setattr(rt, "_driver", [fake])
+    rng = np.random.default_rng(0)
+    arrs = [np.float32(0.5), np.arange(64), rng.random((64, 784), dtype=np.float32), np.array([True, False, True]),
+            np.arange(6, dtype=np.float64).reshape(2, 3).T]  # a non-contiguous one, made contiguous
+    got = rt.to_device_many(arrs)
+    assert fake.calls == ["alloc", "htod", "alloc", "htod"]
+    for a, d in zip(arrs, got, strict=True):
+        a = np.require(np.asarray(a), requirements="C")
+        assert d.shape == a.shape and d.dtype == a.dtype and d.ptr % 256 == 0
+        np.testing.assert_array_equal(np.frombuffer(fake.mem, a.dtype, a.size, d.ptr).reshape(a.shape), a)
+    assert got[0].owner is got[1].owner is got[3].owner is not got[2].owner
+
+
 def _sin(a, c) -> None:  # noqa: ANN001
     c[0] = math.sin(a[0])
 

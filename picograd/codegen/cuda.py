@@ -270,7 +270,11 @@ class CudaProgram:
         return launches
 
     def run(self, inputs: list[Any]) -> list[rt.CudaArray]:
-        arrays: list[Any] = [x if isinstance(x, rt.CudaArray) else rt.to_device(np.asarray(x)) for x in inputs]
+        arrays: list[Any] = list(inputs)
+        host = [i for i, x in enumerate(arrays) if not isinstance(x, rt.CudaArray)]  # e.g. a jit step's scalars
+        if host:
+            for i, a in zip(host, rt.to_device_many([arrays[i] for i in host]), strict=True):
+                arrays[i] = a
         arrays += [None] * (len(self.slots) - len(arrays))
         for s, a in zip(self.out_slots, self.layout.allocate(), strict=True):
             arrays[s] = a

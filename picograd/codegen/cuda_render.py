@@ -351,12 +351,16 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
     m, n = mm.shape[-2:]
     k = a.shape[-1]
     tm, tn, tk, rm, rn = matmul_config(m, n, nb, target)
-    ntx, nty = tn // rn, tm // rm
-    threads = ntx * nty
+    # A thread owns rows `rt + i * nrt` and columns `ct + j * nct` of the tile. threadIdx.x (consecutive lanes
+    # of a warp) runs along the axis that is contiguous in the output: columns, or rows when the result is
+    # stored transposed (a weight gradient), so the epilogue's loads and stores coalesce either way.
+    nrt, nct = tm // rm, tn // rn
+    rt, ct = ("cuda.threadIdx.x", "cuda.threadIdx.y") if transposed else ("cuda.threadIdx.y", "cuda.threadIdx.x")
+    threads = nrt * nct
     e = Emitter(params, target.sim)
-    e.line("tx = cuda.threadIdx.x")
-    e.line("ty = cuda.threadIdx.y")
-    e.line(f"t = ty * {ntx} + tx")
+    e.line(f"rt = {rt}")
+    e.line(f"ct = {ct}")
+    e.line(f"t = cuda.threadIdx.y * {nrt if transposed else nct} + cuda.threadIdx.x")
     e.line(f"bi = cuda.blockIdx.y * {tm}")
     e.line(f"bj = cuda.blockIdx.x * {tn}")
     e.line("bz = cuda.blockIdx.z")
@@ -405,35 +409,56 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
     e.line(f"for kk in range({tk}):")
     e.push()
     for i in range(rm):
-        e.line(f"ra{i} = As[kk, ty + {i * nty}]")
+        e.line(f"ra{i} = As[kk, rt + {i * nrt}]")
     for j in range(rn):
-        e.line(f"rb{j} = Bs[kk, tx + {j * ntx}]")
+        e.line(f"rb{j} = Bs[kk, ct + {j * nct}]")
     for i in range(rm):
         for j in range(rn):
             e.line(f"{acc[i][j]} += ra{i} * rb{j}")
     e.pop()
     e.line("cuda.syncthreads()")
     e.pop()
-    # epilogue: each register of the tile, in bounds, through the fused elementwise ops to memory
+    # Epilogue, in two phases: every register's fused values first (loads at a clamped, always valid index),
+    # then all the stores. numba cannot mark the buffers noalias, so a load emitted after a store waits for it;
+    # this way a thread's loads (Adam's moments and weights, say) are all in flight at once, and a load that is
+    # the same for every register (a host scalar) is made once.
+    edge_m, edge_n = m % tm != 0, n % tn != 0
+    ii_, jj_, cols = (1, 0, m) if transposed else (0, 1, n)
+    stores: list[tuple[str, str, list[tuple[str, str, Node]]]] = []  # (in-bounds test, flat, [(buffer, value, node)])
     for i in range(rm):
         for j in range(rn):
-            e.line(f"gi = bi + ty + {i * nty}")
-            e.line(f"gj = bj + tx + {j * ntx}")
-            e.line(f"if gi < {m} and gj < {n}:")
-            e.push()
-            ii, jj, cols = ("gj", "gi", m) if transposed else ("gi", "gj", n)
+            gi = e.tmp(f"bi + rt + {i * nrt}", "gi")
+            gj = e.tmp(f"bj + ct + {j * nct}", "gj")
+            ok = " and ".join(([f"{gi} < {m}"] if edge_m else []) + ([f"{gj} < {n}"] if edge_n else []))
+            ci = e.tmp(f"min({gi}, {m - 1})", "gi") if edge_m else gi
+            cj = e.tmp(f"min({gj}, {n - 1})", "gj") if edge_n else gj
+            pos = (ci, cj)
+            ii, jj = pos[ii_], pos[jj_]
             flat = e.tmp(f"bz * {m * n} + {ii} * {cols} + {jj}" if batched else f"{ii} * {cols} + {jj}", "f")
             idx = ("bz", ii, jj) if batched else (ii, jj)
             e.set_flat(idx, top.shape, flat)
             e.values[id(mm)] = e.values[id(top)] = acc[i][j]
+            vals = []
             for o, out in outputs:
                 oidx = idx if o.shape == top.shape else e.decompose(flat, o.shape)
-                _store(e, out, flat, e.val(o, oidx), o)
+                vals.append((out, e.tmp(e.val(o, oidx), "v"), o))  # a load becomes a variable here, in phase 1
             e.values.pop(id(mm), None)
             e.values.pop(id(top), None)
+            stores.append((ok, flat, vals))
+    for ok, flat, vals in stores:
+        if ok:
+            e.line(f"if {ok}:")
+            e.push()
+        for out, v, o in vals:
+            _store(e, out, flat, v, o)
+        if ok:
             e.pop()
     t = np_name(mm.dtype)
-    prologue = [f"As = cuda.shared.array(({tk}, {tm}), np.{t})", f"Bs = cuda.shared.array(({tk}, {tn}), np.{t})"]
+    # One padding column: the tile loads write the tiles down their columns when the operand's k axis is the
+    # contiguous one, and a row length of 16/32/64 words would put a warp's writes in the same few banks.
+    prologue = [f"As = cuda.shared.array(({tk}, {tm + 1}), np.{t})",
+                f"Bs = cuda.shared.array(({tk}, {tn + 1}), np.{t})"]
     names = _param_list(params, outputs)
     grid = (_cdiv(n, tn), _cdiv(m, tm), nb)
-    return Rendered(name, _source(name, names, e, prologue), names, grid, (ntx, nty, 1))
+    block = (nrt, nct, 1) if transposed else (nct, nrt, 1)
+    return Rendered(name, _source(name, names, e, prologue), names, grid, block)

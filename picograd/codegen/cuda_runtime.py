@@ -59,11 +59,25 @@ class _Driver:
                    self.attribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR))
         self.sm_count = self.attribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         self.pools = bool(self.attribute(attr.CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED))
+        self.pool_keeps = self.pools and self._keep_freed_blocks()
         self.name = self._check(cu.cuDeviceGetName(128, self.device), "cuDeviceGetName")
         self.name = self.name.split(b"\0", 1)[0].decode()
         self.stream = cu.CUstream(0)  # the legacy default stream: every call below is ordered on it
         self.params_by_address = True  # kernel parameters as a void** address (see Launch.run_gpu)
         self._ok = cu.CUresult.CUDA_SUCCESS
+
+    def _keep_freed_blocks(self) -> bool:
+        """Let the default pool keep what it frees. Its release threshold is 0 by default: at every synchronize
+        (each .item() of a training loop) it hands freed blocks back to the OS, so the next step's outputs are
+        fresh OS allocations again. Only an optimization: False where the driver refuses (gpu_check prints it)."""
+        cu = self.cu
+        try:
+            pool = self._check(cu.cuDeviceGetDefaultMemPool(self.device), "cuDeviceGetDefaultMemPool")
+            self._check(cu.cuMemPoolSetAttribute(pool, cu.CUmemPool_attribute.CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                                                 cu.cuuint64_t(2**64 - 1)), "cuMemPoolSetAttribute")
+            return True
+        except Exception:
+            return False
 
     def _check(self, res: Any, what: str) -> Any:
         err, *rest = res if isinstance(res, tuple) else (res,)
@@ -89,7 +103,9 @@ class _Driver:
             self.cu.cuMemFree(ptr)
 
     def htod(self, dst: int, src: np.ndarray) -> None:
-        self._check(self.cu.cuMemcpyHtoD(dst, src.ctypes.data, src.nbytes), "cuMemcpyHtoD")
+        # Asynchronous on the stream: from pageable memory the driver stages `src` before returning (so the
+        # caller may drop it at once) and does not wait for queued kernels, as the synchronous copy does.
+        self._check(self.cu.cuMemcpyHtoDAsync(dst, src.ctypes.data, src.nbytes, self.stream), "cuMemcpyHtoDAsync")
 
     def dtoh(self, dst: np.ndarray, src: int) -> None:
         self._check(self.cu.cuMemcpyDtoH(dst.ctypes.data, src, dst.nbytes), "cuMemcpyDtoH")
@@ -271,6 +287,31 @@ def to_device(arr: np.ndarray) -> CudaArray:
     if arr.nbytes:
         driver().htod(out.ptr, arr)
     return out
+
+
+SMALL = 4096  # bytes: host inputs up to this size share one allocation and one copy per program run
+
+
+def to_device_many(arrs: list[np.ndarray]) -> list[CudaArray]:
+    """Several host arrays to the device; the small ones (a step's host scalars, its labels) packed into one
+    allocation and one copy: each driver call costs microseconds, as much as the copy of a small array."""
+    arrs = [np.require(np.asarray(a), requirements="C") for a in arrs]
+    small = [i for i, a in enumerate(arrs) if a.nbytes <= SMALL]
+    if simulated() or len(small) < 2:
+        return [to_device(a) for a in arrs]
+    out: list[Any] = [None] * len(arrs)
+    offsets, total = [], 0
+    for i in small:
+        offsets.append(total)
+        total += (arrs[i].nbytes + 255) // 256 * 256
+    staging = np.empty(total, np.uint8)
+    for i, off in zip(small, offsets, strict=True):
+        staging[off : off + arrs[i].nbytes] = arrs[i].reshape(-1).view(np.uint8)
+    block = _Allocation(total)
+    driver().htod(block.ptr, staging)
+    for i, off in zip(small, offsets, strict=True):
+        out[i] = CudaArray(arrs[i].shape, arrs[i].dtype, block.ptr + off, block)
+    return [a if a is not None else to_device(arrs[i]) for i, a in enumerate(out)]
 
 
 def synchronize() -> None:
