@@ -284,6 +284,35 @@ def test_missing_numba_cuda_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
         Tensor(np.ones(3, np.float32)).to("cuda")
 
 
+def test_no_driver_library_is_a_clear_error_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # numba-cuda installed on a machine without an NVIDIA driver: the bindings' own loader error on cuInit
+    # becomes CudaUnavailable, and later attempts repeat the reason.
+    import types
+
+    from picograd.codegen import cuda_runtime as rt
+
+    class LoaderError(Exception):
+        pass
+
+    def cu_init(flags: int) -> None:
+        raise LoaderError('"cuda" is an NVIDIA driver library and can only be found via system search')
+
+    driver = types.ModuleType("cuda.bindings.driver")
+    driver.cuInit = cu_init  # type: ignore[attr-defined]
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.driver = driver  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
+    monkeypatch.setattr(rt, "_driver", [])
+    monkeypatch.setattr(rt, "_why_not", [])
+    monkeypatch.setattr(rt, "simulated", lambda: False)
+    monkeypatch.setattr(pcuda, "_numba_cuda_present", lambda: True)
+    assert pcuda.is_available() is False
+    for _ in range(2):
+        with pytest.raises(pcuda.CudaUnavailable, match="driver library could not be loaded.*system search"):
+            Tensor(np.ones(3, np.float32), device="cuda")
+
+
 def test_unknown_device_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         Tensor(np.ones(3, np.float32), device="tpu")

@@ -46,7 +46,12 @@ class _Driver:
             except ImportError as e:
                 raise CudaUnavailable(f"device='cuda' needs numba-cuda and its CUDA bindings: {INSTALL_HINT}") from e
         self.cu = cu
-        self._check(cu.cuInit(0), "cuInit (is an NVIDIA driver installed?)")
+        try:  # the bindings load libcuda here: without an NVIDIA driver this raises their own loader error
+            res = cu.cuInit(0)
+        except Exception as e:
+            raise CudaUnavailable(f"device='cuda': the CUDA driver library could not be loaded ({e}); is an NVIDIA "
+                                  "driver installed?") from e
+        self._check(res, "cuInit (is an NVIDIA driver installed?)")
         n = self._check(cu.cuDeviceGetCount(), "cuDeviceGetCount")
         if n < 1:
             raise CudaUnavailable("device='cuda': the CUDA driver sees no GPU")
@@ -136,6 +141,7 @@ class _Driver:
 
 
 _driver: list[_Driver | None] = []
+_why_not: list[str] = []  # why the first attempt failed, repeated by later ones
 
 
 def driver() -> _Driver:
@@ -143,12 +149,14 @@ def driver() -> _Driver:
     if not _driver:
         try:
             _driver.append(_Driver())
-        except Exception:
+        except Exception as e:
             _driver.append(None)
+            _why_not.append(str(e).removeprefix("device='cuda': "))
             raise
     d = _driver[0]
     if d is None:
-        raise CudaUnavailable(f"device='cuda': no usable CUDA GPU (an earlier attempt failed); {INSTALL_HINT}")
+        why = _why_not[0] if _why_not else "an earlier attempt failed"
+        raise CudaUnavailable(f"device='cuda': no usable CUDA GPU ({why}); {INSTALL_HINT}")
     return d
 
 
