@@ -46,7 +46,10 @@ class Optimizer:
             self._check(group)
             self.param_groups.append(group)
         self.state: dict[int, dict[str, Tensor]] = {}  # id(param) -> named state tensors
-        self.steps = 0
+        # id(param) -> the updates it has had (torch's state["step"]): a parameter that first gets a gradient
+        # late starts its bias corrections / momentum from its own step 1, not the optimizer's.
+        self.param_steps: dict[int, int] = {}
+        self.steps = 0  # step() calls
 
     def _check(self, group: dict[str, Any]) -> None:
         if group["lr"] < 0:
@@ -69,17 +72,27 @@ class Optimizer:
 
     def step(self) -> None:
         """Build the update of every parameter that has a gradient, as lazy assigns."""
-        self._advance()
-        recording.effect(f"{type(self).__name__}.step", self._advance)  # picograd.jit replays the count too
+        live = [(g, [p for p in g["params"] if p.grad is not None]) for g in self.param_groups]
+        ids = tuple(dict.fromkeys(id(p) for _, ps in live for p in ps))
+        self._advance(ids)
+        # picograd.jit replays the counts too (a replayed step updates the same parameters as its trace)
+        recording.effect(f"{type(self).__name__}.step", functools.partial(self._advance, ids))
         with phase("update"):
-            for group in self.param_groups:
-                scalars = _Scalars(self, group)
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._update(p, p.grad.node, group, scalars, self._state(p))
+            for group, ps in live:
+                # One set of host scalars per step count present: a single one when every parameter has a
+                # gradient every step (normal training), so that case makes as many scalars as ever.
+                scalars: dict[int, _Scalars] = {}
+                for p in ps:
+                    t = self.param_steps[id(p)]
+                    s = scalars.get(t)
+                    if s is None:
+                        s = scalars[t] = _Scalars(self, group, id(p))
+                    self._update(p, p.grad.node, group, s, self._state(p))
 
-    def _advance(self) -> None:
+    def _advance(self, ids: tuple[int, ...]) -> None:
         self.steps += 1
+        for i in ids:
+            self.param_steps[i] = self.param_steps.get(i, 0) + 1
 
     def _state(self, p: Tensor) -> dict[str, Tensor]:
         st = self.state.get(id(p))
@@ -91,7 +104,8 @@ class Optimizer:
     def _state_names(self) -> tuple[str, ...]:
         return ()
 
-    def _scalars(self, group: dict[str, Any]) -> dict[str, float]:
+    def _scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        """The host scalars for group's parameters that are at their step-th update (1-based)."""
         raise NotImplementedError
 
     def _update(self, p: Tensor, g: Node, group: dict[str, Any], s: _Scalars, state: dict[str, Tensor]) -> None:
@@ -101,11 +115,13 @@ class Optimizer:
     # ---- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Flat name -> array (npz-friendly): the step count, each group's learning rate, and each
-        parameter's state, keyed by the parameter's position."""
+        parameter's state and own step count (param{i}.step), keyed by the parameter's position."""
         out: dict[str, np.ndarray] = {"steps": np.array(self.steps, np.int64)}
         for j, g in enumerate(self.param_groups):
             out[f"group{j}.lr"] = np.array(g["lr"], np.float64)
         for i, p in enumerate(self._all_params()):
+            if id(p) in self.param_steps:
+                out[f"param{i}.step"] = np.array(self.param_steps[id(p)], np.int64)
             for name, t in self.state.get(id(p), {}).items():
                 out[f"param{i}.{name}"] = t.numpy()
         return out
@@ -116,6 +132,11 @@ class Optimizer:
             if f"group{j}.lr" in state:
                 g["lr"] = float(np.asarray(state[f"group{j}.lr"]))
         for i, p in enumerate(self._all_params()):
+            has_state = any(f"param{i}.{name}" in state for name in self._state_names())
+            if f"param{i}.step" in state:
+                self.param_steps[id(p)] = int(np.asarray(state[f"param{i}.step"]))
+            elif has_state:  # a checkpoint from before per-parameter counts: its state is the global count's
+                self.param_steps[id(p)] = self.steps
             for name in self._state_names():
                 key = f"param{i}.{name}"
                 if key in state:
@@ -129,18 +150,19 @@ class Optimizer:
 
 
 class _Scalars:
-    """One step's runtime scalars, each made (as a fresh 0-d buffer) and broadcast once per dtype,
-    device and shape, and only if an update asks for it. Each tells picograd.jit how to compute its next
-    value from the optimizer's state, so a replayed step follows lr changes and the step count."""
+    """One step's runtime scalars for the parameters of a group that share a step count, each made (as a
+    fresh 0-d buffer) and broadcast once per dtype, device and shape, and only if an update asks for it.
+    Each tells picograd.jit how to compute its next value from the optimizer's state, so a replayed step
+    follows lr changes and the step count (that of `pid`, one of those parameters: they advance together)."""
 
-    def __init__(self, opt: Optimizer, group: dict[str, Any]) -> None:
-        self.opt, self.group = opt, group
-        self.values = opt._scalars(group)
+    def __init__(self, opt: Optimizer, group: dict[str, Any], pid: int) -> None:
+        self.opt, self.group, self.pid = opt, group, pid
+        self.values = opt._scalars(group, opt.param_steps[pid])
         self.nodes: dict[tuple, Node] = {}
 
     @staticmethod
-    def value_now(opt: Optimizer, group: dict[str, Any], name: str, dtype: np.dtype) -> np.ndarray:
-        return np.array(opt._scalars(group)[name], dtype=dtype)
+    def value_now(opt: Optimizer, group: dict[str, Any], pid: int, name: str, dtype: np.dtype) -> np.ndarray:
+        return np.array(opt._scalars(group, opt.param_steps[pid])[name], dtype=dtype)
 
     def __call__(self, name: str, like: Node) -> Node:
         key = (name, like.dtype.str, like.device, like.shape)
@@ -150,7 +172,7 @@ class _Scalars:
             if base is None:
                 base = self.nodes[key[:3]] = G.scalar(self.values[name], like.dtype, like.device or "cpu")
                 recording.producer(f"{type(self.opt).__name__}.{name}", base.buffer,
-                                   functools.partial(self.value_now, self.opt, self.group, name, like.dtype))
+                                   functools.partial(self.value_now, self.opt, self.group, self.pid, name, like.dtype))
             n = self.nodes[key] = G.broadcast(base, like.shape)
         return n
 
@@ -170,9 +192,10 @@ class SGD(Optimizer):
     def _state_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if any(g["momentum"] for g in self.param_groups) else ()
 
-    def _scalars(self, group: dict[str, Any]) -> dict[str, float]:
-        # PyTorch's first momentum step takes the gradient undamped; later ones scale it by 1-dampening.
-        damp = 1.0 if self.steps == 1 else 1.0 - group["dampening"]
+    def _scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        # PyTorch's first momentum step (the parameter's first gradient, which creates its buffer) takes the
+        # gradient undamped; later ones scale it by 1-dampening.
+        damp = 1.0 if step == 1 else 1.0 - group["dampening"]
         return {"neg_lr": -group["lr"], "damp": damp}
 
     def _update(self, p: Tensor, g: Node, group: dict[str, Any], s: _Scalars, state: dict[str, Tensor]) -> None:
@@ -207,10 +230,10 @@ class Adam(Optimizer):
     def _state_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")
 
-    def _scalars(self, group: dict[str, Any]) -> dict[str, float]:
-        # Bias corrections are host arithmetic on the step count: one scalar each per step.
+    def _scalars(self, group: dict[str, Any], step: int) -> dict[str, float]:
+        # Bias corrections are host arithmetic on the parameter's step count: one scalar each per step.
         b1, b2 = group["betas"]
-        t = self.steps
+        t = step
         return {"neg_step_size": -group["lr"] / (1.0 - b1**t), "inv_sqrt_bc2": 1.0 / math.sqrt(1.0 - b2**t),
                 "decay": 1.0 - group["lr"] * group["weight_decay"]}
 

@@ -129,6 +129,54 @@ def test_bce_clamps_the_log_like_pytorch() -> None:
     np.testing.assert_allclose(out, [100.0, 100.0, np.log(2)], rtol=1e-6)
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_gradient_is_finite_where_the_log_is_clamped(eager: bool, dtype) -> None:
+    # p = 0 or 1 (and subnormal p, where 1/p overflows): the clamp's zero gradient must not meet log's inf.
+    tiny = np.finfo(dtype).smallest_subnormal
+    p0 = np.array([0.0, 1.0, 0.0, 1.0, tiny, 1e-3, 0.5], dtype)
+    t = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0], dtype)
+    with pg.eager(eager):
+        p = pg.Tensor(p0, requires_grad=True)
+        out = F.binary_cross_entropy(p, t, reduction="none")
+        out.sum().backward()
+        value, grad = out.numpy(), p.grad.numpy()
+    # Clamped terms: loss 100 and gradient 0; the others: -log(p) or -log(1-p) and their true derivatives.
+    np.testing.assert_allclose(value, [100, 100, 0, 0, min(-np.log(np.float64(tiny)), 100), -np.log(1e-3), np.log(2)],
+                               rtol=1e-5)
+    np.testing.assert_allclose(grad, [0, 0, 1, -1, 0, -1e3, -2], rtol=1e-5)
+
+
+def test_bce_through_a_saturated_sigmoid_has_a_finite_gradient() -> None:
+    # sigmoid(20) == 1.0 in float32: log(1 - p) is clamped, and its gradient used to be 0 * inf = NaN.
+    x0, t = np.array([20.0, 0.5], np.float32), np.array([1.0, 0.0], np.float32)
+    for eager in (False, True):
+        with pg.eager(eager):
+            x = pg.Tensor(x0, requires_grad=True)
+            F.binary_cross_entropy(x.sigmoid(), t).backward()
+            # d/dx of mean(-t log s(x) - (1-t) log(1-s(x))) = (s(x) - t) / 2
+            np.testing.assert_allclose(x.grad.numpy(), (1 / (1 + np.exp(-x0.astype(np.float64))) - t) / 2,
+                                       rtol=1e-5, atol=1e-7)
+
+
+def test_bce_at_the_clamp_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    x0, t = np.array([20.0, 0.5, -20.0, 3.0], np.float32), np.array([1.0, 0.0, 0.0, 1.0], np.float32)
+    x = pg.Tensor(x0, requires_grad=True)
+    loss = F.binary_cross_entropy(x.sigmoid(), t)
+    loss.backward()
+    tx = torch.tensor(x0, requires_grad=True)
+    tl = torch.nn.functional.binary_cross_entropy(tx.sigmoid(), torch.tensor(t))
+    tl.backward()
+    np.testing.assert_allclose(loss.item(), tl.item(), rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-7)
+    # p exactly 0 or 1 with the target on the clamped side: both give loss 100 and a finite gradient
+    # (torch's own backward formula gives +-1e12 there; ours the clamp's 0).
+    p = pg.Tensor(np.array([0.0, 1.0], np.float32), requires_grad=True)
+    F.binary_cross_entropy(p, np.array([1.0, 0.0], np.float32), reduction="sum").backward()
+    assert np.isfinite(p.grad.numpy()).all()
+
+
 def test_bce_with_logits_is_stable_for_large_logits() -> None:
     x = np.array([-100.0, -30.0, 0.0, 30.0, 100.0], np.float32)
     t = np.array([1.0, 0.0, 1.0, 1.0, 0.0], np.float32)
@@ -155,6 +203,44 @@ def test_targets_may_be_tensors_and_int32(reference_backend) -> None:
     x = pg.Tensor(LOGITS.astype(np.float32))
     a = F.cross_entropy(x, pg.Tensor(TARGETS.astype(np.int32)))
     np.testing.assert_allclose(a.numpy(), F.cross_entropy(x, TARGETS).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+@pytest.mark.parametrize("make", [np.array, lambda v: pg.Tensor(np.array(v))], ids=["numpy", "tensor"])
+@pytest.mark.parametrize("bad", [5, 3, -1, -100])
+@pytest.mark.parametrize("op", ["cross_entropy", "nll_loss", "one_hot"])
+def test_out_of_range_class_targets_raise(op: str, bad: int, make, eager: bool) -> None:
+    # Unchecked, an out-of-range class matches no column of the one-hot mask: a zero row, a missing loss term.
+    with pg.eager(eager):
+        target = make([0, bad])
+        call = {"cross_entropy": lambda: F.cross_entropy(pg.zeros((2, 3)), target),
+                "nll_loss": lambda: F.nll_loss(pg.zeros((2, 3)), target),
+                "one_hot": lambda: F.one_hot(target, 3)}[op]
+        with pytest.raises(ValueError) as e:
+            call()
+    msg = str(e.value)
+    assert msg.startswith(f"{op}:") and "3 classes" in msg and f"target {bad} " in msg, msg
+    assert ("ignore_index" in msg) == (bad == -100)
+
+
+def test_class_targets_of_a_lazy_tensor_are_not_realized_to_check() -> None:
+    # Checking would realize (a host sync per step); in range, it computes as before.
+    t = pg.Tensor(np.array([0, 1])) + 1
+    assert t.node.op != "buffer"
+    out = F.one_hot(t, 3)
+    assert t.node.op != "buffer"
+    np.testing.assert_array_equal(out.numpy(), np.eye(3, dtype=np.float32)[[1, 2]])
+
+
+def test_class_target_check_is_cheap() -> None:
+    # The check runs whenever a step's Python does (not in picograd.jit replays): microseconds for a batch.
+    import timeit
+
+    from picograd.nn.functional import _check_classes
+
+    y = np.random.default_rng(0).integers(0, 10, 64)
+    per_call = min(timeit.repeat(lambda: _check_classes("cross_entropy", y, 10), number=200, repeat=5)) / 200
+    assert per_call < 50e-6, per_call
 
 
 def test_one_hot() -> None:

@@ -5,6 +5,7 @@ rate or step count leaves that program's structure (its cache key) unchanged."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -211,3 +212,155 @@ def test_update_nodes_are_tagged_update_and_float32() -> None:
     _loss(w).backward()
     opt.step()
     assert w.node.tag == "update" and w.node.dtype == np.float32
+
+
+# ---- per-parameter step counts (torch keeps state["step"] and the momentum buffer per parameter) ----------
+LATE = [
+    ("Adam", dict(lr=0.1)),
+    ("AdamW", dict(lr=0.1, weight_decay=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.5)),
+]
+
+
+def _late_run(opt, a, b, steps: int, late: int) -> None:
+    """steps updates; b gets a gradient only from step `late` on (1-based), a at every step."""
+    for i in range(1, steps + 1):
+        loss = _loss(a) + ((b * b).sum() if i >= late else 0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+@pytest.mark.parametrize("name, kw", LATE, ids=[c[0] for c in LATE])
+def test_a_parameter_first_updated_late_counts_its_own_steps(name, kw, eager: bool) -> None:
+    # b's first update is its step 1 (Adam's bias corrections, SGD's undamped first momentum step), whatever
+    # the optimizer's count: b ends where 3 updates of b alone take it.
+    b0 = np.full(3, 2.0, np.float32)
+    with pg.eager(eager):
+        a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(b0, requires_grad=True)
+        opt = getattr(optim, name)([a, b], **kw)
+        _late_run(opt, a, b, 5, late=3)
+        alone = pg.Tensor(b0, requires_grad=True)
+        opt_alone = getattr(optim, name)([alone], **kw)
+        for _ in range(3):
+            opt_alone.zero_grad()
+            (alone * alone).sum().backward()
+            opt_alone.step()
+            pg.realize()
+    np.testing.assert_allclose(b.numpy(), alone.numpy(), rtol=1e-6)
+    assert opt.param_steps == {id(a): 5, id(b): 3} and opt.steps == 5
+
+
+def test_a_parameter_first_updated_late_matches_hand_computed_values() -> None:
+    # b = 2, gradient 2b, b's two updates are its steps 1 and 2.
+    b0 = np.full(3, 2.0, np.float32)
+    a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(b0, requires_grad=True)
+    opt = optim.SGD([a, b], lr=0.1, momentum=0.9, dampening=0.5)
+    _late_run(opt, a, b, 3, late=2)
+    # step 1: buf = g = 4 (undamped), b = 2 - 0.4 = 1.6; step 2: buf = 0.9*4 + 0.5*3.2 = 5.2, b = 1.08
+    np.testing.assert_allclose(b.numpy(), 1.08, rtol=1e-6)
+    a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(b0, requires_grad=True)
+    opt = optim.Adam([a, b], lr=0.1)
+    _late_run(opt, a, b, 3, late=2)
+    w = b0.astype(np.float64)
+    m = v = 0.0
+    for t in (1, 2):
+        g = 2 * w
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - 0.1 / (1 - 0.9**t) * m / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(b.numpy(), w, rtol=1e-6)  # ~1.800 (1.858 with the optimizer's count)
+
+
+@pytest.mark.parametrize("name, kw", LATE, ids=[c[0] for c in LATE])
+def test_a_parameter_first_updated_late_matches_torch(name, kw) -> None:
+    torch = pytest.importorskip("torch")
+    b0 = np.full(3, 2.0, np.float32)
+    a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(b0, requires_grad=True)
+    opt = getattr(optim, name)([a, b], **kw)
+    _late_run(opt, a, b, 5, late=3)
+    ta, tb = torch.tensor(W0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+    topt = getattr(torch.optim, name)([ta, tb], **kw)
+    for i in range(1, 6):
+        tl = torch.log(torch.cosh(ta)).sum() - (ta * torch.tensor(TARGET)).sum()
+        if i >= 3:
+            tl = tl + (tb * tb).sum()
+        topt.zero_grad()
+        tl.backward()
+        topt.step()
+    np.testing.assert_allclose(a.numpy(), ta.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.numpy(), tb.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, kw", LATE, ids=[c[0] for c in LATE])
+def test_uneven_step_counts_replay_under_jit(name, kw) -> None:
+    # b joins after 2 steps of a alone, so a and b have their own host scalars; replays must advance both
+    # counts and recompute both sets of scalars exactly as running the Python does.
+    def run(use_jit: bool) -> tuple[list[np.ndarray], Any]:
+        a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(np.full(3, 2.0, np.float32), requires_grad=True)
+        opt = getattr(optim, name)([a, b], **kw)
+        _late_run(opt, a, b, 2, late=99)
+
+        def step(x: pg.Tensor) -> pg.Tensor:
+            opt.zero_grad()
+            loss = _loss(a) + (b * b * x).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        fn = pg.jit(step) if use_jit else step
+        for i in range(6):
+            fn(pg.Tensor(np.full(3, 1.0 + 0.1 * i, np.float32))).item()
+        assert opt.param_steps == {id(a): 8, id(b): 6}
+        return [a.numpy(), b.numpy()], fn
+
+    want, _ = run(False)
+    got, fn = run(True)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert fn.stats["replayed"] == 3
+    host = [line for line in fn.describe().splitlines() if "host scalar" in line]
+    names = {line.split()[-1] for line in host}
+    assert names and len(host) == 2 * len(names)  # each scalar twice: one per step count
+
+
+def test_normal_training_makes_one_set_of_host_scalars() -> None:
+    # Every parameter updated every step: one step count, so one scalar per name, as before per-parameter counts.
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+
+    @pg.jit
+    def step(x: pg.Tensor, y: pg.Tensor) -> pg.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(4):
+        step(pg.Tensor(RNG.standard_normal((5, 4)).astype(np.float32)), pg.Tensor(np.array([0, 1, 1, 0, 1])))
+    host = sorted(line.split()[-1] for line in step.describe().splitlines() if "host scalar" in line)
+    assert host == ["Adam.inv_sqrt_bc2", "Adam.neg_step_size"]
+
+
+def test_state_dict_keeps_per_parameter_steps() -> None:
+    b0 = np.full(3, 2.0, np.float32)
+    a, b = pg.Tensor(W0, requires_grad=True), pg.Tensor(b0, requires_grad=True)
+    opt = optim.Adam([a, b], lr=0.1)
+    _late_run(opt, a, b, 3, late=3)
+    sd = opt.state_dict()
+    assert int(sd["steps"]) == 3 and int(sd["param0.step"]) == 3 and int(sd["param1.step"]) == 1
+    a2, b2 = pg.Tensor(a.numpy(), requires_grad=True), pg.Tensor(b.numpy(), requires_grad=True)
+    opt2 = optim.Adam([a2, b2], lr=0.1)
+    opt2.load_state_dict(sd)
+    assert opt2.param_steps == {id(a2): 3, id(b2): 1}
+    _late_run(opt, a, b, 2, late=1)
+    _late_run(opt2, a2, b2, 2, late=1)
+    np.testing.assert_array_equal(a2.numpy(), a.numpy())
+    np.testing.assert_array_equal(b2.numpy(), b.numpy())
+    # A checkpoint without per-parameter counts (older picograd): a parameter with state gets the global count.
+    old = {k: v for k, v in sd.items() if not k.endswith(".step")}
+    opt3 = optim.Adam([a2, b2], lr=0.1)
+    opt3.load_state_dict(old)
+    assert opt3.param_steps == {id(a2): 3, id(b2): 3}

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ir import build as B
 from ..ir.node import Node
-from ..tensor import Tensor
+from ..tensor import Tensor, where
 from . import _graph as G
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -70,7 +70,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def one_hot(target: Any, num_classes: int) -> Tensor:
     """(N,) integer class indices -> (N, num_classes) float32 one-hot rows (no gradient)."""
-    t = _index_target("one_hot", target, None)
+    t = _index_target("one_hot", target, None, num_classes)
     return Tensor(G.class_mask(t.node, num_classes)).float()
 
 
@@ -81,7 +81,7 @@ def nll_loss(input: Tensor, target: Any, weight: Tensor | None = None, reduction
     With weight (C,), 'mean' divides by the summed weights of the targets, as PyTorch does."""
     _check_reduction("nll_loss", reduction)
     x = _check_logits("nll_loss", input)
-    t = _index_target("nll_loss", target, x)
+    t = _index_target("nll_loss", target, x, x.shape[1])
     mask = G.class_mask(t.node, x.shape[1])
     return _weighted("nll_loss", Tensor(B.neg(G.masked_row_sum(mask, x.node))), mask, weight, x, reduction)
 
@@ -101,7 +101,7 @@ def cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None, redu
         # sum_c p_c * (lse - z_c), written so the (N, C) log-softmax is never formed.
         loss = Tensor(lse) * p.sum(1) - (p * Tensor(zn)).sum(1)
         return _reduce(loss, reduction)
-    t = _index_target("cross_entropy", target, x)
+    t = _index_target("cross_entropy", target, x, x.shape[1])
     mask = G.class_mask(t.node, x.shape[1])
     return _weighted("cross_entropy", Tensor(G.sub(lse, G.masked_row_sum(mask, zn))), mask, weight, x, reduction)
 
@@ -115,10 +115,10 @@ def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
 
 def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
     """BCE of probabilities in [0, 1]. Like PyTorch, each log is clamped at -100 so p = 0 or 1 gives a
-    finite loss."""
+    finite loss, and the gradient stays finite there too (see _clamped_log)."""
     _check_reduction("binary_cross_entropy", reduction)
     t = _same_shape_target("binary_cross_entropy", input, target)
-    loss = -(t * input.log().maximum(-100.0) + (1.0 - t) * (1.0 - input).log().maximum(-100.0))
+    loss = -(t * _clamped_log(input) + (1.0 - t) * _clamped_log(1.0 - input))
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction)
@@ -156,15 +156,51 @@ def _check_logits(op: str, x: Any) -> Tensor:
     return x
 
 
-def _index_target(op: str, target: Any, x: Tensor | None) -> Tensor:
-    t = target if isinstance(target, Tensor) else Tensor(np.asarray(target), requires_grad=False,
-                                                         device=x.device if x is not None else "cpu")
+def _index_target(op: str, target: Any, x: Tensor | None, num_classes: int) -> Tensor:
+    host = None if isinstance(target, Tensor) else np.asarray(target)
+    t = target if host is None else Tensor(host, requires_grad=False, device=x.device if x is not None else "cpu")
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: class targets must be integers, got {t.dtype}{list(t.shape)}")
     if t.ndim != 1 or (x is not None and t.shape[0] != x.shape[0]):
         want = f"({x.shape[0]},) for input {x.shape}" if x is not None else "(N,)"
         raise ValueError(f"{op}: class targets must have shape {want}, got {t.shape}")
+    if host is None and t.node.op == "buffer" and isinstance(t.node.buffer.data, np.ndarray):
+        host = t.node.buffer.data  # a realized host tensor (the usual Tensor(y_batch)): its values are known
+    if host is not None:
+        _check_classes(op, host, num_classes)
+    # A lazy (or device-resident) target can't be checked without realizing it, a host sync per step; there,
+    # and in a picograd.jit replay (which skips the Python), an out-of-range class matches no column: its
+    # one-hot row is zero and its loss term is missing.
     return t
+
+
+def _check_classes(op: str, target: np.ndarray, num_classes: int) -> None:
+    """Out-of-range classes would silently pick no column (the mask compares with iota): raise, as torch does.
+    A few microseconds for a batch of targets, paid only when the step's Python runs (not in jit replays)."""
+    if target.size == 0:
+        return
+    lo, hi = target.min(), target.max()
+    if lo >= 0 and hi < num_classes:
+        return
+    bad = int(lo if lo < 0 else hi)
+    hint = " (picograd has no ignore_index: drop those rows instead)" if bad == -100 else ""
+    raise ValueError(f"{op}: class target {bad} is out of range for {num_classes} classes "
+                     f"(expected 0 <= target < {num_classes}){hint}")
+
+
+def _clamped_log(x: Tensor) -> Tensor:
+    """max(log(x), -100) for x >= 0, as PyTorch's BCE computes it, with a finite gradient everywhere.
+
+    Written naively, at x = 0 the clamp's zero gradient meets log's 1/x = inf and gives 0 * inf = NaN (and
+    1/x overflows for subnormal x as well). So the log is differentiated only where x is a normal number,
+    on a copy of x with every other entry replaced by 1; below that (0 and subnormals) the value comes from
+    a detached x, so the gradient there is 0, the clamp's, and no inf ever enters the backward pass."""
+    fi = np.finfo(x.dtype)
+    normal = x >= float(fi.tiny)
+    live = where(normal, x, 1.0).log()
+    # max(., smallest subnormal) only keeps log(0) = -inf (and numpy's warning about it) out of eager mode
+    dead = x.detach().maximum(float(fi.smallest_subnormal)).log()
+    return where(normal, live, dead).maximum(-100.0)
 
 
 def _shifted(x: Node) -> Node:
