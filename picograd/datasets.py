@@ -351,7 +351,8 @@ class DataLoader:
             from picograd.tensor import Tensor
 
             def wrap(a: np.ndarray) -> Any:
-                return Tensor(a, requires_grad=False)
+                # a fresh gathered batch, or a slice of the dataset's own arrays, which nothing writes to
+                return Tensor(a, requires_grad=False, copy=False)
 
         bs = self.batch_size
         for b in range(len(self)):

@@ -13,6 +13,7 @@ import numpy as np
 from . import eager as _eager
 from . import recording
 from .ir import build as B
+from .ir.autodiff import expand_grads
 from .ir.node import Buffer, Node, buffer_node, phase
 from .ir.shape import broadcast_shapes, prod
 from .realize import realize_nodes
@@ -50,6 +51,9 @@ class _OrderedWeakSet:
 # Tensors to realize with the next realize(): assigned parameters and the gradients of tracked
 # leaves. Weak, so a zero_grad() or a dropped tensor simply falls out.
 _pending = _OrderedWeakSet()
+# id(node) -> the tensor whose pending (not yet realized) assign that node is. backward() differentiates w.r.t.
+# a tensor's current value, and until the next realize() that value is this node rather than a buffer.
+_assigned: dict[int, weakref.ref] = {}
 # Moves data between devices; picograd.cuda registers "cuda".
 to_device: dict[str, Callable[[np.ndarray], Any]] = {"cpu": lambda a: a}
 
@@ -92,14 +96,24 @@ class Tensor(TensorOps):
     __slots__ = ("node", "_rg", "grad", "_over", "__weakref__")
     __array_priority__ = 1000  # so numpy scalars/arrays on the left defer to Tensor's operators
 
-    def __init__(self, data: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu"):
+    def __init__(self, data: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu", *,
+                 copy: bool = True):
+        """copy=False lets the tensor share a numpy array's memory where no conversion is needed (as
+        torch.from_numpy): the caller then promises not to write to the array while the tensor may read it."""
         if isinstance(data, Node):
             node = data
         else:
             if isinstance(data, Tensor):
-                data = data.numpy()
+                data, copy = data.numpy(), False  # numpy() returns a fresh array
             arr = np.asarray(data)
-            arr = np.require(arr, dtype=_default_dtype(arr, dtype), requirements="C")
+            dt = _default_dtype(arr, dtype)
+            # A lazy graph reads the array when it is realized, so without a copy it would see the caller's later
+            # writes (torch.tensor copies too). Python data (lists, scalars) is converted into a fresh array anyway.
+            # (Moving it to another device copies it anyway.)
+            if copy and device == "cpu" and not isinstance(data, (list, tuple, int, float, bool, np.generic)):
+                arr = np.array(arr, dtype=dt, order="C", copy=True)
+            else:
+                arr = np.require(arr, dtype=dt, requirements="C")
             if device not in to_device:
                 raise ValueError(f"Tensor: unknown device {device!r} (available: {sorted(to_device)})")
             node = buffer_node(Buffer(to_device[device](arr), device))
@@ -147,6 +161,21 @@ class Tensor(TensorOps):
 
     def __repr__(self) -> str:
         return f"Tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype})"
+
+    def __format__(self, spec: str) -> str:
+        """f"{loss:.4f}" formats a one-element tensor's value; otherwise (or with no spec) the tensor's str."""
+        if spec and self.size == 1:
+            return format(self.item(), spec)
+        return format(str(self), spec)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """np.array(t) / np.asarray(t): the realized value (numpy 2's protocol). Always a fresh array, since a
+        tensor's own buffer must not be written through, so copy=False cannot be honoured."""
+        if copy is False:
+            raise ValueError("Tensor.__array__: a tensor's value cannot be shared without a copy (copy=False); "
+                             "use np.asarray(t) or t.numpy()")
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype, copy=False)
 
     # ---- realization ------------------------------------------------------------------------------
     def realize(self) -> Tensor:
@@ -196,9 +225,17 @@ class Tensor(TensorOps):
             raise ValueError(f"backward: gradient shape {seed.shape} differs from tensor shape {self.shape}")
         # Placeholders only: realize() expands them into the VJP graph when it has to compile, so a
         # cached training step never builds its backward graph in Python.
+        leaves = _leaves(self.node)
+        root, wrt = self.node, [t.node for t in leaves]
+        if any(n.op != "buffer" for n in wrt):
+            # A leaf whose value is a pending assign (a training loop that doesn't realize every step). Autodiff
+            # expands the grad placeholders below root before differentiating, which rebuilds every node above
+            # them, that value included (an optimizer's update reads the last gradient), so it would no longer
+            # find the node it was asked about: expand root and those values together here, the same way.
+            root, *wrt = expand_grads([root, *wrt], full=True)
         with phase("backward"):
-            for t in _leaves(self.node):
-                g = Tensor(B.grad(self.node, t.node, seed), requires_grad=False)
+            for t, n in zip(leaves, wrt, strict=True):
+                g = Tensor(B.grad(root, n, seed), requires_grad=False)
                 t.grad = g if t.grad is None else t.grad + g
                 if t._rg:
                     _pending.add(t.grad)
@@ -208,20 +245,57 @@ class Tensor(TensorOps):
 
     def assign(self, value: Any) -> Tensor:
         """Replace this tensor's value (in place, as seen by the user). Lazy: the new value is computed
-        with the next realize(), in the same program as everything else pending."""
-        v = _as_node(value, self)
+        with the next realize(), in the same program as everything else pending. The tensor keeps its
+        identity: it stays the leaf that gets the gradients, and the state picograd.jit reads."""
+        v = self._assign_value(value)
         if v.shape != self.shape:
             v = v.expand(*self.shape) if broadcast_shapes("assign", v.shape, self.shape) == self.shape else v
         if v.shape != self.shape or v.dtype != self.dtype:
             raise ValueError(f"assign: value {v.dtype}{list(v.shape)} does not match {self.dtype}{list(self.shape)}")
+        if v.node.device is not None and v.device != self.device:
+            raise ValueError(f"assign: value {v.dtype}{list(v.shape)} is on device {v.device!r}, the tensor "
+                             f"{self.dtype}{list(self.shape)} on {self.device!r}; move it with .to({self.device!r})")
         old = self.node
-        self.node = B.unary("detach", v.node) if v.node.op != "buffer" else v.node
-        self._over = old if old.op == "buffer" and old.buffer is not None else None
+        if v.node.buffer is not None:
+            # Already computed: a Buffer of its own over the same (immutable) array. Taking v's node would make
+            # the two tensors one leaf (v's gradients went to self) and leave v, maybe a dead temporary, as the
+            # Buffer's owner (picograd.jit then froze the value as a constant).
+            buf = Buffer(v.node.buffer.data, v.node.buffer.device)
+            buf.owner = weakref.ref(self)
+            if self._rg is not False:
+                buf.leaf = weakref.ref(self)
+            self.node, self._over = buffer_node(buf), None
+        else:
+            node = B.unary("detach", v.node)
+            # Its own node even when another pending assign has the same value: backward() finds the tensor by it.
+            while (other := _assigned_to(node)) is not None and other is not self:
+                node = B.unary("detach", node)
+            self.node = node
+            self._over = old if old.op == "buffer" and old.buffer is not None else None
+            if not _state["eager"]:
+                _assigned[id(node)] = weakref.ref(self)
+        # pending even when already computed: picograd.jit must see that a traced step assigned the tensor
         _pending.add(self)
         if _state["eager"]:
             _eager.realize_now(self.node, force=True)
             _cut_history(self)
         return self
+
+    def _assign_value(self, value: Any) -> Tensor:
+        """assign's value as a tensor on this tensor's device: arrays and lists are moved there, and a value
+        computed from constants alone (which has no device) is computed on the host and moved there."""
+        v = _as_node(value, self)
+        if v.node.device == self.device or self.device == "cpu":
+            return v
+        if isinstance(value, Tensor) and v.node.device is not None:
+            return v  # a tensor on another device: assign refuses it
+        if v.node.buffer is not None:
+            data = v.node.buffer.data
+        else:  # constants, broadcast on the host: nothing is left to compute on the device
+            (data,) = _eager.evaluate([v.node])
+            if broadcast_shapes("assign", data.shape, self.shape) == self.shape:
+                data = np.broadcast_to(data, self.shape)
+        return Tensor(data, requires_grad=False, device=self.device)
 
     # ---- construction helpers ---------------------------------------------------------------------
     @staticmethod
@@ -233,7 +307,7 @@ class Tensor(TensorOps):
 
     def _dropout_seed(self) -> Node:
         # A fresh uint32 seed buffer per call: its value varies, the program's structure does not.
-        node = Tensor(_next_seed(), requires_grad=False, device=self.device).node
+        node = Tensor(_next_seed(), requires_grad=False, device=self.device, copy=False).node
         recording.producer("dropout.seed", node.buffer, _next_seed)
         return node
 
@@ -250,8 +324,7 @@ class Tensor(TensorOps):
             return self
         if device not in to_device:
             raise ValueError(f"to: unknown device {device!r} (available: {sorted(to_device)})")
-        t = Tensor(self.numpy(), requires_grad=self._rg, device=device)
-        return t
+        return Tensor(self.numpy(), requires_grad=self._rg, device=device, copy=False)  # numpy() is a fresh copy
 
     def contiguous(self) -> Tensor:
         return self
@@ -282,14 +355,29 @@ def _cut_history(t: Tensor) -> None:
         buf.leaf = weakref.ref(t)
 
 
+def _assigned_to(n: Node) -> Tensor | None:
+    """The tensor whose pending assign n is, if any."""
+    r = _assigned.get(id(n))
+    t = r() if r is not None else None
+    return t if t is not None and t.node is n else None
+
+
 def _leaves(root: Node) -> list[Tensor]:
+    """The differentiable tensors root reads the current value of: realized leaves, and tensors whose value is a
+    pending assign (their gradient is w.r.t. that new value, as in eager mode, where the assign is done at once)."""
     from .ir.node import toposort
 
     out = []
     for n in toposort([root]):
-        if n.op == "buffer" and n.buffer.leaf is not None and n.dtype.kind == "f":
+        if n.dtype.kind != "f":
+            continue
+        if n.op == "buffer" and n.buffer.leaf is not None:
             t = n.buffer.leaf()
             if t is not None and t._rg is not False and t.node is n:
+                out.append(t)
+        elif n.op == "detach" and _assigned:
+            t = _assigned_to(n)
+            if t is not None and t._rg is not False:
                 out.append(t)
     return out
 
@@ -298,6 +386,7 @@ def realize(*tensors: Tensor) -> None:
     """Compute the given tensors and everything pending (assigns, tracked gradients) as one program."""
     pending = list(_pending)
     _pending.clear()
+    _assigned.clear()  # every pending assign is realized below
     nodes = [t.node for t in tensors] + [t.node for t in pending]
     # under picograd.jit, assigned state may be updated in place: (new value, the value it replaces)
     over = [(t.node, t._over) for t in pending if t._over is not None] if recording.in_place[0] else None
@@ -338,7 +427,8 @@ def _shape(shape: Sequence[Any]) -> tuple[int, ...]:
 
 
 def _new(arr: np.ndarray, dtype: Any, requires_grad: bool | None, device: str) -> Tensor:
-    return Tensor(arr, dtype=dtype or FLOAT32, requires_grad=requires_grad, device=device)
+    # the constructors make their arrays: nothing else holds them, no copy needed
+    return Tensor(arr, dtype=dtype or FLOAT32, requires_grad=requires_grad, device=device, copy=False)
 
 
 def zeros(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
@@ -362,7 +452,7 @@ def arange(start: Any, stop: Any = None, step: Any = 1, dtype: Any = None, requi
            device: str = "cpu") -> Tensor:
     arr = np.arange(start, stop, step) if stop is not None else np.arange(start)
     dtype = dtype or (FLOAT32 if arr.dtype.kind == "f" else np.dtype(np.int64))
-    return Tensor(arr, dtype=dtype, requires_grad=requires_grad, device=device)
+    return Tensor(arr, dtype=dtype, requires_grad=requires_grad, device=device, copy=False)
 
 
 def rand(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
@@ -407,6 +497,10 @@ def grad(f: Callable[..., Tensor], argnums: int | Sequence[int] = 0) -> Callable
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
 
     def df(*args: Any) -> Any:
+        bad = [i for i in nums if not -len(args) <= i < len(args)]
+        if bad:
+            raise ValueError(f"grad: argnums {argnums!r} is out of range for a function called with {len(args)} "
+                             f"argument(s)")
         ts = [a if isinstance(a, Tensor) else Tensor(a) for a in args]
         out = f(*ts)
         if not isinstance(out, Tensor) or out.shape != ():

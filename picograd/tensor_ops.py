@@ -101,6 +101,8 @@ class TensorOps:
         return self._lift(o) / self
 
     def __pow__(self, o: Any) -> Any:
+        if self.node.dtype.kind in "iu" and isinstance(o, (int, np.integer)) and not isinstance(o, bool) and o >= 0:
+            return self._int_pow(int(o))
         if isinstance(o, (int, float)) and not isinstance(o, bool):
             if o == 2:  # the common square: exact, and its gradient needs no pow
                 return self * self
@@ -111,6 +113,19 @@ class TensorOps:
             if o == -1:
                 return self.reciprocal()
         return self._binary("pow", o)
+
+    def _int_pow(self, k: int) -> Any:
+        """An integer tensor to a non-negative integer power, in its own dtype (wrapping as numpy does): the IR's
+        pow is float only, so square-and-multiply, which is exact."""
+        out, base = None, self
+        while True:
+            if k & 1:
+                out = base if out is None else out * base
+            k >>= 1
+            if not k:
+                break
+            base = base * base
+        return self._make(B.const(1, self.node.dtype, self.node.shape)) if out is None else out
 
     def __rpow__(self, o: Any) -> Any:
         return self._binary("pow", o, True)
@@ -140,7 +155,7 @@ class TensorOps:
         return (1.0 + (-self).exp()).reciprocal()
 
     def relu(self) -> Any:
-        return self.where_positive(self, 0.0)
+        return self.where_positive(self, 0)  # the int 0 takes the tensor's dtype: an integer relu stays integer
 
     def leaky_relu(self, negative_slope: float = 0.01) -> Any:
         return self.where_positive(self, self * negative_slope)
@@ -149,7 +164,11 @@ class TensorOps:
         return self._where(self > 0, a, b)
 
     def abs(self) -> Any:
-        return self._where(self < 0, -self, self)
+        if self.node.dtype.kind != "f":
+            return self._where(self < 0, -self, self)
+        # Gradient sign(x), as torch's: 0 at +-0 (where(x < 0, -x, x) alone takes the x branch there: 1); the
+        # value is np.abs's, +0 at -0; NaN passes through detached.
+        return self._where(self < 0, -self, self._where(self > 0, self, self._where(self == self, 0.0, self.detach())))
 
     def _where(self, cond: Any, a: Any, b: Any) -> Any:
         c = self._lift(cond)
@@ -164,7 +183,31 @@ class TensorOps:
         return self._binary("max", o, name="maximum")
 
     def minimum(self, o: Any) -> Any:
-        return -((-self)._binary("max", -self._lift(o), name="minimum"))
+        o = self._lift(o)
+        a, b = _promote("minimum", self.node, o.node)
+        if a.dtype.kind in "fb":  # (bools: neg raises the error)
+            return -((-self)._binary("max", -o, name="minimum"))
+        fa, back = self._make(a)._reverse_order()
+        fb, _ = self._make(b)._reverse_order()
+        return back(fa._binary("max", fb, name="minimum"))
+
+    def _reverse_order(self) -> tuple[Any, Any]:
+        """An order-reversing map of this tensor, and its inverse, exact for every dtype, so that min is max of
+        the map: negation for floats. Integer negation overflows (-(-128) is -128 in int8, -1 is 255 in uint8),
+        so narrower integers are negated in int64, and 64-bit ones take the bitwise not ~x = -x + ~0 (exact in
+        wrapping arithmetic, which 64-bit integers have in numpy and in compiled code)."""
+        dt = self.node.dtype
+        if dt.kind in "fb":  # (bools: neg raises the error)
+            return -self, lambda r: -r
+        if dt.itemsize < 8:
+            wide = self._make(B.cast(self.node, np.dtype(np.int64)))
+            return -wide, lambda r: self._make(B.cast((-r).node, dt))
+        ones = self._make(B.const(np.iinfo(dt).max if dt.kind == "u" else -1, dt))  # all bits set
+
+        def bitwise_not(x: Any) -> Any:
+            return -x + ones
+
+        return bitwise_not(self), bitwise_not
 
     def clip(self, lo: Any = None, hi: Any = None) -> Any:
         out = self
@@ -210,8 +253,10 @@ class TensorOps:
 
     def _reduce(self, op: str, axes: tuple[int, ...], keepdims: bool) -> Any:
         x = self.node
-        if op == "reduce_sum" and x.dtype.kind == "b":
-            x = B.cast(x, np.dtype(np.int64))
+        if op == "reduce_sum" and x.dtype.kind in "biu":
+            # numpy's accumulator: bool and signed ints sum to int64, unsigned to uint64 (a uint8 sum of
+            # [200, 100, 255] is 555, not 43)
+            x = B.cast(x, np.dtype(np.uint64 if x.dtype.kind == "u" else np.int64))
         r = B.reduce(op, x, axes)
         if not keepdims:
             r = B.reshape(r, tuple(s for i, s in enumerate(x.shape) if i not in axes))
@@ -229,16 +274,30 @@ class TensorOps:
         return self._reduce("reduce_max", self._axes("max", axis, dim), keepdims)
 
     def min(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
-        return -((-self).max(self._axes("min", axis, dim), keepdims))
+        flipped, back = self._reverse_order()
+        return back(flipped.max(self._axes("min", axis, dim), keepdims))
 
     def argmax(self, axis: int | None = None, dim: int | None = None) -> Any:
-        """Index of the first maximum along one axis (int64, no gradient)."""
-        ax = self._one_axis("argmax", axis, dim)
+        """Index of the first maximum along one axis, or into the flattened tensor when no axis is given (as
+        numpy and torch do). int64, no gradient."""
+        return self._arg("argmax", axis, dim)
+
+    def argmin(self, axis: int | None = None, dim: int | None = None) -> Any:
+        """Index of the first minimum, as argmax."""
+        return self._arg("argmin", axis, dim)
+
+    def _arg(self, op: str, axis: Any, dim: Any) -> Any:
         x = self.detach()
+        if axis is None and dim is None:
+            x, ax = x.reshape(prod(x.node.shape)), 0
+        else:
+            ax = x._one_axis(op, axis, dim)
         n = x.node.shape[ax]
         idx = self._make(B.iota(x.node.shape, ax, np.dtype(np.int64)))
-        hit = x == x.max(ax, keepdims=True)
-        return hit._where(hit, idx, n).min(ax)
+        best = x.max(ax, keepdims=True) if op == "argmax" else x.min(ax, keepdims=True)
+        hit = x == best
+        # the smallest index that hits; indices are non-negative, so min by negation cannot overflow
+        return -(-hit._where(hit, idx, n)).max(ax)
 
     def softmax(self, axis: int | None = None, dim: int | None = None) -> Any:
         ax = self._one_axis("softmax", axis, dim)
