@@ -188,11 +188,12 @@ def _salt() -> str:
     import numba
 
     from .. import __version__
-    from . import blas, clock, fpenv
+    from . import blas, clock, cpu_expr, fpenv
 
-    flags = f"parallel_min={cpu.PARALLEL_MIN} block={cpu.BLOCK} fastmath={cpu.FASTMATH}"  # the rest is in the source
+    flags = f"parallel_min={cpu.PARALLEL_MIN} block={cpu.BLOCK}"  # the rest is in the source
     # numba's cache doesn't see changes to callees in other files: the intrinsics' sources are in the key
-    blas_hash = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (blas, clock, fpenv))).hexdigest()[:12]
+    callees = (blas, clock, cpu_expr, fpenv)
+    blas_hash = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in callees)).hexdigest()[:12]
     return f"# picograd {__version__}, numba {numba.__version__}, numpy {np.__version__}, {flags}, blas {blas_hash}\n"
 
 

@@ -10,6 +10,10 @@ Shape of the generated code (read one with PICOGRAD_DEBUG=4):
   - constants are module globals of their exact dtype (np.float32(0.5)): no float64 leaks from literals;
   - reductions accumulate in a typed scalar when the reduced axes are innermost (blocked in chunks of
     BLOCK for accuracy and, when large, in parallel), else into the output row, vectorized;
+  - no fastmath: every operation rounds as numpy's does, so results equal eager mode's, NaN, inf and signed
+    zeros included. The one exception is the add that accumulates a float sum (cpu_expr.acc_add): it alone
+    may be reassociated, which lets LLVM vectorize the reduction loop (partial sums in vector lanes), so sums
+    differ from numpy's in rounding only, as numpy's pairwise sums differ from a sequential loop;
   - matmuls call BLAS gemm on the flat buffers (blas.py), transposed or not, then run their fused epilogue;
     big 2-D ones are split into row or column blocks over our own threads, each block's epilogue right after
     its gemm while it is in cache (cpu_matmul.py; scipy's OpenBLAS is made single-threaded for that,
@@ -43,8 +47,10 @@ from .schedule import Kernel, Schedule
 PARALLEL_MIN = int(os.environ.get("PICOGRAD_PARALLEL_MIN", 1 << 17))  # elements; smaller loops stay serial
 PARALLEL_AFTER_GEMM = False  # prange in matmul epilogues while OpenBLAS runs its own threads (see kernel)
 BLOCK = 4096  # reduction chunk: partial sums of this many elements keep float32 sums accurate
-FASTMATH = "{'reassoc', 'nsz'}"  # reassoc lets LLVM vectorize reductions; no nnan/ninf: NaN and inf stay exact
-HEADER = "njit(cache=True, error_model='numpy', fastmath=FASTMATH, no_cfunc_wrapper=True{par})"
+# No fastmath flags (see the module docstring): numba applies them to every operation of a function, and
+# {'reassoc', 'nsz'}, used before, let LLVM rewrite fused elementwise code -- x - x became 0 at x = inf,
+# exp(log(x)) became x at x < 0, (a + b) - b became a.
+HEADER = "njit(cache=True, error_model='numpy', no_cfunc_wrapper=True{par})"
 
 
 @dataclass
@@ -480,10 +486,10 @@ def render_program(sched: Schedule, title: str = "", over: dict[int, int] | None
               "import math", "", "import numpy as np",
               "from numba import njit, prange  # noqa: F401", "",
               _gemm_import(body),
+              "from picograd.codegen.cpu_expr import acc_add  # noqa: F401",
               *(["from picograd.codegen.clock import now_ns  # noqa: F401"] if CLOCK else []),
               *(["from picograd.codegen.fpenv import fp_enter, fp_exit  # noqa: F401"] if FLUSH else []),
               "",
-              f"FASTMATH = {FASTMATH}",
               f"RAND_GOLDEN = np.uint64({ops.RAND_GOLDEN})", f"RAND_MUL1 = np.uint64({ops.RAND_MUL1})",
               f"RAND_MUL2 = np.uint64({ops.RAND_MUL2})", f"MASK32 = np.uint64({ops.MASK32})",
               "U8, U15, U16 = np.uint64(8), np.uint64(15), np.uint64(16)", *r.consts.lines, ""]

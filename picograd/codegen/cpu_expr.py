@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import config, types
+from numba.core.extending import intrinsic
 
 from ..eager import run_node
 from ..ir import ops
@@ -248,8 +250,33 @@ def _expr(op: str, n: Node, a: list[str], consts: Consts) -> str:
     raise NotImplementedError(f"cpu codegen: no rule for op {op!r}")
 
 
+@intrinsic
+def acc_add(typingctx, acc, v):  # noqa: ARG001
+    """acc + v for a float sum's accumulation: an fadd that LLVM may reassociate, so it vectorizes the reduction
+    loop (partial sums in vector lanes, added together at the end) -- only this add: numba's fastmath would mark
+    every operation of the function, and the fused elementwise code feeding the sum must round as numpy's does.
+    Measured: sum(x * x) over 307,200 float32, 37 us as fastmath={'reassoc'} gave, 710 us without it."""
+    if not (isinstance(acc, types.Float) and v == acc):
+        return None  # the generated code keeps exact dtypes: a mismatch is a codegen bug, so fail to type
+
+    def codegen(context, builder, sig, args):  # noqa: ARG001
+        return builder.fadd(args[0], args[1], flags=("reassoc",))
+
+    return acc(acc, v), codegen
+
+
+def _acc_add_python(acc, v):  # noqa: ANN001, ANN202
+    return acc + v  # NUMBA_DISABLE_JIT=1: intrinsics can't run as Python
+
+
+if config.DISABLE_JIT:
+    acc_add = _acc_add_python  # noqa: F811
+
+
 def combine(op: str, dt: np.dtype, acc: str, v: str) -> str:
     if op == "reduce_sum":
+        if dt.kind == "f":
+            return f"acc_add({acc}, {v})"
         return f"{acc} or {v}" if dt.kind == "b" else f"{acc} + {v}"
     if dt.kind == "b":
         return f"{acc} or {v}"

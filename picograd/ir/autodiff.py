@@ -39,9 +39,15 @@ def _expand_vjp(n: Node, g: Node) -> tuple[Node]:
 
 
 def _pow_vjp(n: Node, g: Node) -> tuple[Node, Node]:
+    """d a**b / da = b * a**(b-1) and d a**b / db = a**b * log(a), with torch's values where these are 0 * inf:
+    0 where b == 0 (x**0 is constant; b * a**(b-1) is 0 * inf = nan at a = 0), and d/db 0 where a == 0 and
+    b >= 0 (a**b is 0 or 1 there, log(a) is -inf). So x**x has gradient 0 at 0, as in torch."""
     a, b = n.srcs
-    ga = B.mul(g, B.mul(b, B.binary("pow", a, B.add(b, B.full_like(b, -1)))))
-    return ga, B.mul(g, B.mul(B.unary("log", a), n))
+    zero = _zero(n)
+    da = B.where(B.binary("cmpeq", b, zero), zero, B.mul(b, B.binary("pow", a, B.add(b, B.full_like(b, -1)))))
+    db = B.mul(n, B.unary("log", a))
+    db = B.where(B.binary("cmpeq", a, zero), B.where(B.binary("cmple", zero, b), zero, db), db)
+    return B.mul(g, da), B.mul(g, db)
 
 
 def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
