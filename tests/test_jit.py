@@ -247,9 +247,191 @@ def test_train_eval_switch_traces_again() -> None:
     assert f.stats["replayed"] == 1
     model.eval()
     outs = [f(x).numpy() for _ in range(4)]  # numpy arguments: a fresh input tensor each call
-    assert f.stats["replayed"] == 2
+    # a new mode: two agreeing traces (no plain call first: the step ran before), then replays
+    assert f.stats["replayed"] == 3
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])  # no dropout in eval(): the same output every call
     model.train()
     a, b = f(x).numpy(), f(x).numpy()
     assert not np.array_equal(a, b)  # dropout again, a fresh mask each call
+    assert f.stats["replayed"] == 4  # back in train(): one trace agrees with its train() plan, which replays
+
+
+def test_returned_arguments_and_state_are_this_calls() -> None:
+    """A returned tensor the program doesn't compute is what the Python would return: this call's argument (not
+    the traced call's), a view sharing it, or a state tensor's current value."""
+    w = pg.Tensor(np.zeros(2, np.float32), requires_grad=False)
+
+    @pg.jit
+    def f(x: pg.Tensor) -> tuple:
+        return x, x + 0, x.reshape(x.shape), w
+
+    for i in range(6):
+        w.assign(np.full(2, -i, np.float32))  # changed outside the step
+        x = pg.Tensor(np.full(2, i, np.float32))
+        a, b, c, d = f(x)
+        assert a is x and d is w
+        for t, want in ((a, i), (b, i), (c, i), (d, -i)):
+            np.testing.assert_array_equal(t.numpy(), np.full(2, want))
+    assert f.stats["replayed"] == 3
+
+
+@pytest.mark.parametrize("n", [16, 1 << 18])  # 1 << 18: big enough to be written over its old array (_REUSE_MIN)
+def test_replayed_gradients_are_bound_as_backward_binds_them(n: int) -> None:
+    """Each replay binds a tensor holding the new gradient to .grad, as backward() does: a gradient kept from an
+    earlier call keeps its value, and one zeroed outside the step (set to None) is set again."""
+    w = pg.Tensor(np.ones(n, np.float32), requires_grad=True)
+    opt = optim.SGD([w], lr=0.0)
+
+    @pg.jit
+    def step(x: pg.Tensor) -> pg.Tensor:
+        opt.zero_grad()
+        loss = (w * x).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    held = []
+    for i in range(6):
+        step(pg.Tensor(np.full(n, float(i), np.float32)))
+        held.append(w.grad)
+    assert step.stats["replayed"] == 3
+    assert [float(g.numpy()[0]) for g in held] == [0, 1, 2, 3, 4, 5]
+    assert len({id(g) for g in held}) == 6
+
+    v = pg.Tensor(np.ones(n, np.float32), requires_grad=True)
+    opt2 = optim.SGD([v], lr=0.0)
+
+    @pg.jit
+    def outside(x: pg.Tensor) -> pg.Tensor:
+        loss = (v * x).sum()
+        loss.backward()
+        opt2.step()
+        return loss
+
+    for i in range(6):
+        opt2.zero_grad()
+        outside(pg.Tensor(np.full(n, float(i), np.float32)))
+        assert v.grad is not None and float(v.grad.numpy()[0]) == i
+    assert outside.stats["replayed"] == 3
+    # not zeroed now: the Python adds to the gradient, so the call is not replayed from None
+    outside(pg.Tensor(np.full(n, 10.0, np.float32)))
+    assert float(v.grad.numpy()[0]) == 15.0
+
+
+def test_argument_gradients_are_set() -> None:
+    @pg.jit
+    def f(x: pg.Tensor) -> pg.Tensor:
+        loss = (x * x * x).sum()
+        loss.backward()
+        return loss
+
+    for i in range(5):
+        x = pg.Tensor(np.full(2, float(i), np.float32), requires_grad=True)
+        f(x)
+        np.testing.assert_array_equal(x.grad.numpy(), np.full(2, 3.0 * i * i))
+    assert f.stats["replayed"] == 2
+
+
+def test_reloading_the_optimizer_advances_it_once() -> None:
+    """A state tensor replaced from outside (load_state_dict) makes the call trace again; the host actions (the
+    step count, Adam's bias corrections) of the abandoned replay must not run as well."""
+
+    def run(use_jit: bool) -> tuple[int, np.ndarray]:
+        w = pg.Tensor(np.ones(3, np.float32), requires_grad=True)
+        opt = optim.Adam([w], lr=0.1)
+
+        def step(x: pg.Tensor) -> pg.Tensor:
+            opt.zero_grad()
+            loss = (w * x).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        f = pg.jit(step) if use_jit else step
+        for i in range(8):
+            if i == 5:
+                opt.load_state_dict(opt.state_dict())
+            f(pg.Tensor(np.full(3, i + 1.0, np.float32))).numpy()
+        return opt.steps, w.numpy()
+
+    steps, got = run(True)
+    want = run(False)[1]
+    assert steps == 8
+    np.testing.assert_array_equal(got, want)
+
+
+def test_jit_on_a_method_traces_per_instance() -> None:
+    import gc
+    import weakref
+
+    class Scaler:
+        def __init__(self, k: float) -> None:
+            self.w = pg.Tensor(np.full(2, k, np.float32), requires_grad=False)
+
+        @pg.jit
+        def apply(self, x: pg.Tensor) -> pg.Tensor:
+            return x * self.w
+
+    a, b = Scaler(2.0), Scaler(3.0)
+    for i in range(5):
+        x = pg.Tensor(np.full(2, float(i), np.float32))
+        np.testing.assert_array_equal(a.apply(x).numpy(), np.full(2, 2.0 * i))
+        np.testing.assert_array_equal(b.apply(x).numpy(), np.full(2, 3.0 * i))
+    assert a.apply.stats["replayed"] == 2 and b.apply.stats["replayed"] == 2
+    gone = weakref.ref(a)
+    del a
+    gc.collect()
+    assert gone() is None  # its traces don't keep it alive
+    assert len(Scaler.apply._per_instance) == 1
+
+
+def test_tensors_in_containers_are_arguments() -> None:
+    """Tensors in a tuple, list or dict argument are keyed by shape like top-level ones: replayed, one trace, and
+    no call's arguments kept alive."""
+    import gc
+    import weakref
+
+    @pg.jit
+    def f(pair: tuple, d: dict, scale: float) -> pg.Tensor:
+        return (pair[0] + pair[1]) * d["k"] * scale
+
+    kept = []
+    for i in range(6):
+        a = pg.Tensor(np.full(2, float(i), np.float32))
+        out = f((a, np.ones(2, np.float32)), {"k": pg.Tensor(np.full(2, 2.0, np.float32))}, 0.5)
+        np.testing.assert_array_equal(out.numpy(), np.full(2, i + 1.0))
+        kept.append(weakref.ref(a))
+        del a
+    gc.collect()
+    assert f.stats["replayed"] == 3 and len(f._entries) == 1
+    assert sum(r() is not None for r in kept) <= 1  # at most the traced call's argument, held by its plan
+
+
+def test_epoch_loop_finds_its_traces_again() -> None:
+    """train() / eval() each epoch: after the first epoch, the first call of each mode is traced and agrees with the
+    plan made for that mode before, so the next calls replay (an eval run twice per epoch replays too)."""
+
+    def run(use_jit: bool) -> tuple[list, pg.jit | None, pg.jit | None]:
+        model = _model(dropout=0.3)
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        train_step, evaluate = _step_fn(model, opt), lambda x: model(x) * 1.0
+        if use_jit:
+            train_step, evaluate = pg.jit(train_step), pg.jit(evaluate)
+        seen = []
+        batches = _batches(5)
+        for _ in range(3):
+            model.train()
+            seen += [train_step(pg.Tensor(x), pg.Tensor(y)).item() for x, y in batches]
+            model.eval()
+            seen += [evaluate(pg.Tensor(x)).numpy() for x, _ in batches[:2]]
+        return seen, train_step, evaluate
+
+    want, _, _ = run(False)
+    got, train_step, evaluate = run(True)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    # epoch 1: plain, 2 traces, 2 replays; epochs 2 and 3: 1 trace, 4 replays each
+    assert train_step.stats == {"plain": 1, "traced": 4, "replayed": 10}
+    # epoch 1: plain, trace; epochs 2 and 3: a trace agreeing with epoch 1's, a replay
+    assert evaluate.stats == {"plain": 1, "traced": 3, "replayed": 2}
