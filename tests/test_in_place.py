@@ -200,7 +200,7 @@ def test_replays_write_gradients_into_their_previous_arrays(reuse_all: None) -> 
 @pytest.mark.parametrize("hold", ["graph", "detached"])
 def test_a_gradient_held_elsewhere_keeps_its_value(hold: str, reuse_all: None) -> None:
     """Keeping the old gradient (a lazy graph reading it, or a detached Tensor sharing its value) makes the next
-    step write the new one elsewhere. (The Tensor object p.grad itself is the one a replay assigns, as before.)"""
+    step write the new one elsewhere."""
     model, opt, step, batches = _mlp_step()
     for x, y in batches[:5]:
         step(x, y)
