@@ -167,3 +167,19 @@ def test_abs_gradient_at_0_is_0_as_in_torch(cpu_backend) -> None:
     for got in (lazy, eager):
         assert_identical(got[0], np.abs(x), "abs")
         np.testing.assert_array_equal(got[1], _f32(0, 0, 1, -1, 1, 0), err_msg="abs gradient")  # as torch's
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32])
+def test_small_integers_wrap_inside_fused_code(cpu_backend, dtype) -> None:
+    # numba computes them in 64 bits: a comparison fused after an add/mul/neg saw the unwrapped value
+    info = np.iinfo(dtype)
+    a = np.array([info.max, info.max // 2 + 1, info.min, 3, 0], dtype)
+    with np.errstate(all="ignore"):
+        want = [(a + a) > 5, (a * a) < 7, (-a) > 0, (a + a) * a]
+    for eager in (False, True):
+        with pg.eager(eager):
+            t = Tensor(a)
+            got = [(t + t) > 5, (t * t) < 7, (-t) > 0, (t + t) * t]
+            pg.realize(*got)
+            for k, (g, w) in enumerate(zip(got, want, strict=True)):
+                assert_identical(g.numpy(), w, f"value {k}, eager={eager}")
