@@ -215,7 +215,16 @@ def check_misc() -> dict[str, str]:
             raise AssertionError("mixing cuda and cpu tensors in one op did not raise")
         assert picograd.cuda.is_available()
 
+    def small_ints() -> None:  # numba computes int8..uint32 in 64 bits on the GPU: fused code must wrap
+        a = np.array([100, -100, 127, -128, 3], np.int8)
+        t = Tensor(a, device="cuda")
+        with np.errstate(all="ignore"):
+            np.testing.assert_array_equal(((t + t) > 0).numpy(), (a + a) > 0)
+            np.testing.assert_array_equal(((t * t) < 7).numpy(), (a * a) < 7)
+            np.testing.assert_array_equal(((-t) > 0).numpy(), (-a) > 0)
+
     case("matmul_tiles", tiles)
+    case("small_ints", small_ints)
     case("long_reductions", long_reductions)
     case("devices", devices)
     return res

@@ -201,6 +201,13 @@ class Emitter:
         return v
 
     def _expr(self, n: Node, idx: tuple[str, ...]) -> str:
+        e = self._expr_wide(n, idx)
+        if n.op in ("add", "mul", "neg") and n.dtype.kind in "iu" and n.dtype.itemsize < 8:
+            # numba computes small integers in 64 bits; numpy wraps them to their own width (see cpu_expr)
+            return f"np.{n.dtype.name}({e})"
+        return e
+
+    def _expr_wide(self, n: Node, idx: tuple[str, ...]) -> str:
         op, dt = n.op, n.dtype
         if id(n) in self.params:
             return self.load(self.params[id(n)], n, idx)
