@@ -86,8 +86,9 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
 
     def one(idx: np.ndarray) -> pg.Tensor:
         tb = time.perf_counter()
-        loss = step_fn(pg.Tensor(x_train[idx], requires_grad=False, device=device),
-                       pg.Tensor(y_train[idx], requires_grad=False, device=device))
+        # copy=False: the gathered batch is a fresh array nothing else holds (Tensor() copies by default)
+        loss = step_fn(pg.Tensor(x_train[idx], requires_grad=False, device=device, copy=False),
+                       pg.Tensor(y_train[idx], requires_grad=False, device=device, copy=False))
         build.append(time.perf_counter() - tb)
         # Without jit this runs forward, backward and update: one program. The loss stays a tensor (on a GPU,
         # .item() every step would wait for the GPU each time; the torch and jax peers don't either).

@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
             pending: list[pg.Tensor] = []  # this many steps' losses not yet read back
             bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=0.5, unit="step")
             for xb, yb in bar:
-                loss = step(pg.Tensor(xb, requires_grad=False, device=args.device),
-                            pg.Tensor(yb, requires_grad=False, device=args.device))
+                # copy=False: the loader's batches are fresh arrays (or slices of the dataset) that nothing writes to
+                loss = step(pg.Tensor(xb, requires_grad=False, device=args.device, copy=False),
+                            pg.Tensor(yb, requires_grad=False, device=args.device, copy=False))
                 pg.realize(loss)  # without jit this runs the step: forward, backward and update in one program
                 pending.append(loss)
                 n += 1
