@@ -51,6 +51,13 @@ def c_strides(shape: tuple[int, ...]) -> list[int]:
     return out
 
 
+def clamp(x: str, lo: int, hi: int, low: bool = True) -> str:
+    """x limited to [lo, hi] (or to hi only), as a select: numba's builtin CUDA target compiles min()/max() as
+    device functions, which needs a GPU to know the compute capability (compile_ptx fails without one)."""
+    upper = f"({hi} if {x} > {hi} else {x})"
+    return f"({lo} if {x} < {lo} else {upper})" if low else upper
+
+
 def lowest(dtype: np.dtype) -> str:
     """The identity of max for a dtype."""
     dtype = np.dtype(dtype)
@@ -271,7 +278,7 @@ class Emitter:
                 q = self.tmp(f"({d} // {step})", "i")
                 conds.append(f"{d} % {step} == 0 and 0 <= {q} < {size}")
             # Out-of-range positions read a clamped (valid) index, then the select drops the value.
-            sidx.append(self.tmp(f"min(max({q}, 0), {size - 1})", "i") if size > 1 else "0")
+            sidx.append(self.tmp(clamp(q, 0, size - 1), "i") if size > 1 else "0")
         v = self.val(src, tuple(sidx))
         if not conds:
             return v

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.node import Node
-from .cuda_expr import Emitter, lit, lowest, np_name
+from .cuda_expr import Emitter, clamp, lit, lowest, np_name
 
 
 @dataclass
@@ -249,7 +249,7 @@ def _reduce_blocks(job: _ReduceJob, mode: str) -> list[Rendered]:
     if split > 1:
         e.line(f"o = b // {split}")
         e.line(f"lo = (b % {split}) * {chunk}")
-        e.line(f"hi = min(lo + {chunk}, {r})")
+        e.line(f"hi = lo + {chunk} if lo + {chunk} < {r} else {r}")  # (no min(): see cuda_expr.clamp)
     else:
         e.line("o = b")
         e.line("lo = 0")
@@ -430,8 +430,8 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
             gi = e.tmp(f"bi + rt + {i * nrt}", "gi")
             gj = e.tmp(f"bj + ct + {j * nct}", "gj")
             ok = " and ".join(([f"{gi} < {m}"] if edge_m else []) + ([f"{gj} < {n}"] if edge_n else []))
-            ci = e.tmp(f"min({gi}, {m - 1})", "gi") if edge_m else gi
-            cj = e.tmp(f"min({gj}, {n - 1})", "gj") if edge_n else gj
+            ci = e.tmp(clamp(gi, 0, m - 1, low=False), "gi") if edge_m else gi
+            cj = e.tmp(clamp(gj, 0, n - 1, low=False), "gj") if edge_n else gj
             pos = (ci, cj)
             ii, jj = pos[ii_], pos[jj_]
             flat = e.tmp(f"bz * {m * n} + {ii} * {cols} + {jj}" if batched else f"{ii} * {cols} + {jj}", "f")
