@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "cache":
         return cache_main(argv[1:])
     ns = _parser().parse_args(argv)
+    if Path(ns.out).exists() and not Path(ns.out).is_dir():  # say so before running the target, not after
+        _parser().error(f"-o {ns.out}: exists and is not a folder")
     try:
         cap, status = run_target(ns.target, ns.args, profile=not ns.no_profile)
     except TargetNotFound as e:

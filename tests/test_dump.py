@@ -316,6 +316,10 @@ def test_cli_module_function_and_errors(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit) as e:
             main(["-o", "d", bad])
         assert e.value.code == 2 and not (tmp_path / "d").exists()
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(SystemExit) as e:  # refused before the target runs (it would print "boom")
+        main(["-o", "taken", "my_model:broken"])
+    assert e.value.code == 2 and "not a folder" in capsys.readouterr().err
 
 
 # ---- the cache subcommand -----------------------------------------------------------------------------------------
