@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 from .codegen import cuda_runtime as rt
 from .codegen.cuda_runtime import CudaArray, CudaUnavailable
 from .ir.node import Node
-from .realize import register_backend
+from .realize import register_backend, report
 from .tensor import to_device
 
 __all__ = ["CudaArray", "CudaUnavailable", "is_available", "synchronize", "device_name", "stats", "clear_cache"]
@@ -115,12 +116,15 @@ def prepare_nodes(todo: list[Node]) -> tuple[Callable[[list[Any]], list[CudaArra
         todo = expand_grads(todo)
         key, inputs, has_grad, _ = graph_key(todo)
     entry = _programs.get(key)
+    hit, t0 = entry is not None, time.perf_counter()
     if entry is None:
         entry, inputs = _build(todo, key, inputs, has_grad)
         _stats["compiles"] += 1
     else:
         _stats["hits"] += 1
     run, slots = entry
+    # what PICOGRAD_DEBUG and picograd-dump show: the program's kernels and source, hit or compile time
+    report(program=run.args[0], hit=hit, compile_s=0.0 if hit else time.perf_counter() - t0)
     used = [inputs[i] for i in slots]
     for n in used:
         _check_input(n)

@@ -223,7 +223,17 @@ def check_misc() -> dict[str, str]:
             np.testing.assert_array_equal(((t * t) < 7).numpy(), (a * a) < 7)
             np.testing.assert_array_equal(((-t) > 0).numpy(), (-a) > 0)
 
+    def inspection() -> None:  # PICOGRAD_DEBUG / picograd-dump see the CUDA program's kernels and source
+        from picograd.debug import Capture
+
+        with Capture() as cap:
+            for _ in range(2):
+                (Tensor(np.ones((3, 4), np.float32), device="cuda").exp() * 2).sum(axis=1).realize()
+        (rec,) = cap.programs
+        assert rec.kernels and "cuda" in rec.source and rec.calls == 2 and rec.hits == 1, rec
+
     case("matmul_tiles", tiles)
+    case("inspection", inspection)
     case("small_ints", small_ints)
     case("long_reductions", long_reductions)
     case("devices", devices)

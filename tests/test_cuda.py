@@ -31,7 +31,8 @@ import picograd.cuda as pcuda
 from picograd import Tensor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXTRA = ["mlp_train", "mlp_cache_hit", "mlp_jit", "matmul_tiles", "small_ints", "long_reductions", "devices"]
+EXTRA = ["mlp_train", "mlp_cache_hit", "mlp_jit", "matmul_tiles", "inspection", "small_ints", "long_reductions",
+         "devices"]
 # Rows whose graphs hold reductions: rerun with the tree and two-pass templates forced.
 REDUCING = [r.name for r in ROWS if re.search(r"sum|mean|max|min|softmax|argmax|loss|entropy|mlp|matmul|dot", r.name)]
 

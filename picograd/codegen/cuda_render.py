@@ -42,6 +42,11 @@ class Rendered:
     block: tuple[int, int, int]
     workspace: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)  # scratch buffers
 
+    @property
+    def kind(self) -> str:  # for the inspection tools: "elementwise", "reduce", "matmul" (names are k<i>_<kind>_...)
+        parts = self.name.split("_")
+        return parts[1] if len(parts) > 1 and parts[0][:1] == "k" else "?"
+
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
