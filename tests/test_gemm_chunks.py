@@ -171,6 +171,24 @@ def test_forward_epilogues_and_transposes(chunked) -> None:
     assert "i0 = i0_l + lo" in src and "i1 = i1_l + lo" in src  # the global row (column) where needed
 
 
+def test_a_flip_or_transpose_of_the_product_is_not_a_step_of_its_blocks(chunked) -> None:
+    # A movement op reading the product elsewhere than at its own index (a flip along the split axis, a same-shape
+    # transpose) was taken as a fused step of the matmul's blocks: each block read rows (columns) that another had
+    # not written yet (the scratch's old values). Also through autodiff: the gradient of a flipped operand.
+    rng = np.random.default_rng(2)
+    a, b, w = (rng.standard_normal(s).astype(np.float32) for s in ((12, 5), (5, 12), (12, 12)))
+    p = Tensor(a) @ Tensor(b)
+    flipped, transposed, cols = p[::-1], p.T, p[:, ::-1]
+    tb = Tensor(b, requires_grad=True)
+    ((Tensor(a) @ tb[:, ::-1]) * Tensor(w)).sum().backward()
+    pg.realize(flipped, transposed, cols, tb.grad)
+    want = a @ b
+    np.testing.assert_allclose(flipped.numpy(), want[::-1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(transposed.numpy(), want.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cols.numpy(), want[:, ::-1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tb.grad.numpy(), (a.T @ w)[:, ::-1], rtol=1e-4, atol=1e-4)
+
+
 def test_batched_matmul_over_threads(chunked) -> None:
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((3, 4, 5)).astype(np.float32), rng.standard_normal((3, 5, 2)).astype(np.float32)

@@ -165,14 +165,17 @@ def view_base(n: Node) -> Node:
 
 
 def _reads(n: Node, start: list[Node], is_boundary) -> tuple[dict[int, list], list[Node]]:
-    """Walk the inlined tree from `start` (computed at n's loop index) down to the boundary.
+    """Walk the inlined tree from `start` (n's sources, or a reduce's input) down to the boundary.
 
     Returns ({id(d): [d, identity]} for every boundary node d read, identity meaning "read at the loop index"
-    on every path), and the inlined nodes (unordered)."""
+    on every path), and the inlined nodes (unordered). When n is itself a movement op (a flip, a transpose, a
+    pad), its sources are read elsewhere than at its loop index: a kernel whose blocks each compute their own
+    rows (a matmul in blocks) must not take it as a fused step (it read rows another block had not written)."""
     reads: dict[int, list] = {}
     seen: dict[int, bool] = {}  # id -> visited at identity (a False visit covers both)
     inner: dict[int, Node] = {}
-    stack = [(s, True) for s in start]
+    first = n.op in REDUCE or n.op not in MOVEMENT or _unit_reshape(n)
+    stack = [(s, first) for s in start]
     while stack:
         x, ident = stack.pop()
         if is_boundary(x):
