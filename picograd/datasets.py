@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
+import numbers
 import os
 import sys
 import tempfile
@@ -74,8 +76,14 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header} for ndim={ndim})")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python ints: a corrupt header's dims can multiply past int64 (numpy's product would wrap negative).
+    expected = math.prod(dims) * dtype.itemsize
     actual = len(raw) - header
+    if expected > max(actual, 1 << 40):
+        raise ValueError(
+            f"{path}: corrupt IDX header: dims {dims} x {dtype.itemsize} bytes would need {expected} bytes, "
+            f"but the file holds {actual} after the header"
+        )
     if actual != expected:
         what = "truncated" if actual < expected else "has trailing bytes"
         raise ValueError(
@@ -289,6 +297,12 @@ class DataLoader:
 
     Shuffling draws a fresh permutation per epoch from default_rng((seed, epoch)): orders differ
     between epochs but the sequence is reproducible run to run. With seed=None it is random.
+
+    Tensor batches never share memory with the dataset's arrays: an in-order batch (a slice, i.e. a
+    view) is copied into its Tensor, so later in-place writes to the arrays don't reach a batch that is
+    still lazy; a shuffled batch is a fresh gather and is used without a further copy. With numpy=True
+    the batches are plain numpy, and in-order ones are views of the (prepared) arrays, as numpy slices
+    are: copy them if the arrays will be written to while a batch is in use.
     """
 
     def __init__(
@@ -300,8 +314,11 @@ class DataLoader:
         drop_last: bool = False,
         numpy: bool = False,
     ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise TypeError(f"DataLoader: batch_size must be a positive int, got {type(batch_size).__name__} "
+                            f"{batch_size!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if hasattr(data, "arrays"):
             arrays: Sequence[Any] = data.arrays()
         elif isinstance(data, np.ndarray):
@@ -351,8 +368,9 @@ class DataLoader:
             from picograd.tensor import Tensor
 
             def wrap(a: np.ndarray) -> Any:
-                # a fresh gathered batch, or a slice of the dataset's own arrays, which nothing writes to
-                return Tensor(a, requires_grad=False, copy=False)
+                # A fresh gathered batch (np.take) is ours alone: no copy. A slice is a view of the arrays the
+                # caller may still write to, and a lazy batch reads its buffer only when realized: copy it.
+                return Tensor(a, requires_grad=False, copy=a.base is not None)
 
         bs = self.batch_size
         for b in range(len(self)):

@@ -35,21 +35,41 @@ class Optimizer:
         self.defaults = defaults
         self.param_groups: list[dict[str, Any]] = []
         for g in groups:
-            group = {**defaults, **g, "params": list(g["params"])}
-            for p in group["params"]:
-                if not isinstance(p, Tensor) or p.dtype.kind != "f":
-                    raise TypeError(f"{type(self).__name__}: parameters must be float Tensors, got "
-                                    f"{getattr(p, 'dtype', type(p).__name__)}")
-                if p._rg is not True:
-                    raise ValueError(f"{type(self).__name__}: parameter of shape {p.shape} does not have "
-                                     "requires_grad=True, so its gradient would never be computed")
-            self._check(group)
-            self.param_groups.append(group)
+            self.add_param_group(g)
         self.state: dict[int, dict[str, Tensor]] = {}  # id(param) -> named state tensors
         # id(param) -> the updates it has had (torch's state["step"]): a parameter that first gets a gradient
         # late starts its bias corrections / momentum from its own step 1, not the optimizer's.
         self.param_steps: dict[int, int] = {}
         self.steps = 0  # step() calls
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (a dict with "params" and optional per-group settings; the rest come from the defaults).
+        A parameter may belong to one group only, and appear once in it: listed twice it would be updated twice
+        per step (PyTorch refuses it too)."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(f"{type(self).__name__}: a parameter group must be a dict with a 'params' entry, "
+                            f"got {type(param_group).__name__}")
+        ps = param_group["params"]
+        group = {**self.defaults, **param_group, "params": [ps] if isinstance(ps, Tensor) else list(ps)}
+        for p in group["params"]:
+            if not isinstance(p, Tensor) or p.dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}: parameters must be float Tensors, got "
+                                f"{getattr(p, 'dtype', type(p).__name__)}")
+            if p._rg is not True:
+                raise ValueError(f"{type(self).__name__}: parameter of shape {p.shape} does not have "
+                                 "requires_grad=True, so its gradient would never be computed")
+        ids = [id(p) for p in group["params"]]
+        if len(set(ids)) != len(ids):
+            dup = next(p for i, p in enumerate(group["params"]) if id(p) in ids[:i])
+            raise ValueError(f"{type(self).__name__}: a parameter (shape {dup.shape}) appears more than once in "
+                             f"parameter group {len(self.param_groups)}; list each parameter once")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if not seen.isdisjoint(ids):
+            dup = next(p for p in group["params"] if id(p) in seen)
+            raise ValueError(f"{type(self).__name__}: some parameters appear in more than one parameter group "
+                             f"(one of shape {dup.shape}); each parameter may belong to one group only")
+        self._check(group)
+        self.param_groups.append(group)
 
     def _check(self, group: dict[str, Any]) -> None:
         if group["lr"] < 0:

@@ -305,3 +305,41 @@ def test_loader_yields_tensors_by_default() -> None:
     xb, yb = next(iter(DataLoader((x, y), batch_size=4)))
     assert isinstance(xb, tensor_mod.Tensor) and isinstance(yb, tensor_mod.Tensor)
     assert not getattr(xb, "requires_grad", False)
+
+
+# ---- regressions ----------------------------------------------------------------------------------
+def test_loader_batches_do_not_see_later_writes_to_the_dataset() -> None:
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    y = np.arange(4)
+    for shuffle in (False, True):
+        xs, ys = x.copy(), y.copy()
+        it = iter(DataLoader((xs, ys), batch_size=2, shuffle=shuffle, seed=0))
+        bx, by = next(it)
+        want_x, want_y = bx.numpy().copy(), by.numpy().copy()  # a realized copy is safe either way
+        it = iter(DataLoader((xs, ys), batch_size=2, shuffle=shuffle, seed=0))
+        bx, by = next(it)
+        lazy = bx * 2.0
+        xs[:] = 7
+        ys[:] = 9
+        np.testing.assert_array_equal(bx.numpy(), want_x)
+        np.testing.assert_array_equal(by.numpy(), want_y)
+        np.testing.assert_array_equal(lazy.numpy(), want_x * 2)
+
+
+def test_read_idx_huge_dims_is_a_corrupt_header(tmp_path: Path) -> None:
+    p = tmp_path / "huge.idx"
+    p.write_bytes(bytes([0, 0, 0x0D, 3]) + (0xFFFFFFFF).to_bytes(4, "big") * 3 + b"\0" * 16)
+    with pytest.raises(ValueError, match=r"corrupt IDX header") as e:
+        read_idx(p)
+    assert "-" not in str(e.value).split("need")[-1].split("bytes")[0]
+
+
+@pytest.mark.parametrize("bs, exc", [(2.5, TypeError), ("3", TypeError), (0, ValueError), (-1, ValueError),
+                                     (True, TypeError), (None, TypeError)])
+def test_loader_batch_size_must_be_a_positive_int(bs, exc) -> None:
+    with pytest.raises(exc, match="batch_size"):
+        DataLoader(np.zeros(4), batch_size=bs)
+
+
+def test_loader_accepts_numpy_int_batch_size() -> None:
+    assert len(DataLoader(np.zeros(5), batch_size=np.int64(2))) == 3

@@ -290,3 +290,83 @@ def test_matches_torch(reference_backend) -> None:
         ]
         for a, b in pairs:
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---- regressions ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32])
+def test_small_int_targets_with_more_classes_than_the_dtype_holds(dtype, eager: bool) -> None:
+    # The column index used to be built in the target's dtype, where it wraps: class 3 of a uint8 target
+    # also matched column 259.
+    c = {1: 300, 2: 70000}.get(np.dtype(dtype).itemsize, 300)  # past the dtype's wrap-around
+    x = -np.arange(c, dtype=np.float32)[None]
+    with pg.eager(eager):
+        oh = F.one_hot(np.array([3], dtype), c).numpy()
+        nll = F.nll_loss(pg.Tensor(x), np.array([3], dtype)).item()
+        nll_t = F.nll_loss(pg.Tensor(x), pg.Tensor(np.array([3], dtype))).item()
+        ce = F.cross_entropy(pg.Tensor(np.zeros((1, c), np.float32)), np.array([3], dtype)).item()
+    assert oh.shape == (1, c) and oh.sum() == 1 and oh[0, 3] == 1
+    assert nll == 3.0 and nll_t == 3.0
+    np.testing.assert_allclose(ce, np.log(c), rtol=1e-5)
+    with pytest.raises(ValueError, match="out of range for 100 classes"):  # the range check is unaffected
+        F.nll_loss(pg.Tensor(x[:, :100]), np.array([120], dtype))
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+def test_mse_of_an_int_input_and_a_float_target_promotes_like_torch(eager: bool) -> None:
+    with pg.eager(eager):
+        assert F.mse_loss(pg.Tensor(np.array([1, 2])), np.array([1.5, 2.5])).item() == 0.25
+        assert F.mse_loss(pg.Tensor(np.array([1, 2])), pg.Tensor(np.array([1.5, 2.5]))).item() == 0.25
+        # a float input with an int target casts the (exact) target, as before
+        assert F.mse_loss(pg.Tensor(np.array([1.0, 2.0])), np.array([1, 3])).item() == 0.5
+    torch = pytest.importorskip("torch")
+    assert torch.nn.functional.mse_loss(torch.tensor([1, 2]), torch.tensor([1.5, 2.5])).item() == 0.25
+
+
+@pytest.mark.parametrize("call", [
+    lambda: F.binary_cross_entropy(pg.Tensor(np.array([0, 1])), np.array([0.5, 0.5])),
+    lambda: F.binary_cross_entropy_with_logits(pg.Tensor(np.array([0, 1])), np.array([0.5, 0.5])),
+    lambda: nn.BCEWithLogitsLoss()(pg.Tensor(np.array([0, 1])), np.array([1, 0])),
+])
+def test_bce_of_an_integer_input_raises_clearly(call) -> None:
+    with pytest.raises(TypeError, match=r"binary_cross_entropy.*float.*int64"):
+        call()
+
+
+def test_bce_rejects_probabilities_outside_0_1() -> None:
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: input .* between 0 and 1"):
+        F.binary_cross_entropy(pg.Tensor(np.array([0.5, 1.5], np.float32)), np.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"binary_cross_entropy: input .* between 0 and 1"):
+        nn.BCELoss()(pg.Tensor(np.array([-0.1, 0.5], np.float32)), np.array([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+def test_weights_may_be_lists_arrays_or_float64(eager: bool) -> None:
+    x = LOGITS.astype(np.float32)
+    w32 = WEIGHT.astype(np.float32)
+    with pg.eager(eager):
+        ref = F.cross_entropy(pg.Tensor(x), TARGETS, weight=pg.Tensor(w32)).item()
+        for w in (WEIGHT, list(WEIGHT), pg.Tensor(WEIGHT, dtype=np.float64)):
+            np.testing.assert_allclose(F.cross_entropy(pg.Tensor(x), TARGETS, weight=w).item(), ref, rtol=1e-6)
+            np.testing.assert_allclose(nn.CrossEntropyLoss(weight=w)(pg.Tensor(x), TARGETS).item(), ref, rtol=1e-6)
+        ref_nll = F.nll_loss(pg.Tensor(x), TARGETS, weight=pg.Tensor(w32)).item()
+        np.testing.assert_allclose(nn.NLLLoss(weight=WEIGHT)(pg.Tensor(x), TARGETS).item(), ref_nll, rtol=1e-6)
+        ref_pw = F.binary_cross_entropy_with_logits(pg.Tensor(x), T01, pos_weight=pg.Tensor(w32)).item()
+        for pw in (WEIGHT, list(WEIGHT)):
+            got = nn.BCEWithLogitsLoss(pos_weight=pw)(pg.Tensor(x), T01).item()
+            np.testing.assert_allclose(got, ref_pw, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"cross_entropy: weight must .*\(5,\)"):
+        F.cross_entropy(pg.Tensor(x), TARGETS, weight=[1.0, 2.0])
+    with pytest.raises(TypeError, match=r"pos_weight"):
+        F.binary_cross_entropy_with_logits(pg.Tensor(x), T01, pos_weight="big")
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["lazy", "eager"])
+def test_mean_of_an_empty_batch_is_nan_like_torch(eager: bool) -> None:
+    x = pg.Tensor(np.zeros((0, 3), np.float32))
+    t = np.zeros(0, np.int64)
+    with pg.eager(eager), np.errstate(invalid="ignore", divide="ignore"):
+        vals = [F.cross_entropy(x, t).item(), F.nll_loss(x, t).item(),
+                F.mse_loss(pg.Tensor(np.zeros(0, np.float32)), np.zeros(0)).item()]
+        assert F.cross_entropy(x, t, reduction="sum").item() == 0.0
+    assert all(np.isnan(v) for v in vals), vals

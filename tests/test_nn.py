@@ -233,3 +233,53 @@ def test_module_list() -> None:
     ml.append(nn.ReLU())
     assert len(ml) == 3 and isinstance(ml[2], nn.ReLU)
     assert [n for n, _ in ml.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
+
+# ---- regressions ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["model.pt", "model", "model.npz", "ckpt.bin"])
+def test_save_writes_exactly_the_given_path(tmp_path, name: str) -> None:
+    sd = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": pg.Tensor(np.ones(2, np.float32))}
+    path = tmp_path / name
+    nn.save(sd, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    out = nn.load(path)
+    np.testing.assert_array_equal(out["w"], sd["w"])
+    np.testing.assert_array_equal(out["b"], np.ones(2, np.float32))
+    nn.save(sd, str(path))  # str paths too, overwriting
+    assert sorted(nn.load(str(path))) == ["b", "w"]
+
+
+def test_load_state_dict_refuses_float_values_for_an_int_buffer() -> None:
+    m = nn.Module()
+    m.register_buffer("count", pg.Tensor(np.array([1, 2], np.int64), requires_grad=False))
+    m.w = pg.Tensor(np.zeros(2, np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match=r"load_state_dict: count .*float64.*int64"):
+        m.load_state_dict({"count": np.array([1.7, 2.0]), "w": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(m.count.numpy(), [1, 2])  # nothing half-loaded
+    # int -> float and same-kind conversions still load
+    m.load_state_dict({"count": np.array([3, 4], np.int32), "w": np.array([1, 2], np.int64)})
+    np.testing.assert_array_equal(m.count.numpy(), [3, 4])
+    np.testing.assert_array_equal(m.w.numpy(), [1.0, 2.0])
+    m.load_state_dict({"count": np.array([5, 6], np.int64), "w": np.array([0.5, 1.5], np.float64)})
+    np.testing.assert_array_equal(m.w.numpy(), [0.5, 1.5])
+
+
+def test_module_list_append_rejects_non_modules() -> None:
+    ml = nn.ModuleList([nn.ReLU()])
+    with pytest.raises(TypeError, match=r"ModuleList.append: .*int.*not a Module"):
+        ml.append(3)
+    with pytest.raises(TypeError, match=r"not a Module"):
+        nn.ModuleList([nn.ReLU(), "x"])
+    assert len(ml) == 1
+
+
+def test_sequential_slice_is_a_sequential() -> None:
+    s = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    head = s[0:2]
+    assert isinstance(head, nn.Sequential) and len(head) == 2
+    assert head[0] is s[0] and head[1] is s[1]
+    x = pg.Tensor(np.ones((1, 3), np.float32))
+    np.testing.assert_allclose(head(x).numpy(), s[1](s[0](x)).numpy())
+    assert isinstance(s[::-1], nn.Sequential) and s[::-1][0] is s[2]
+    ml = nn.ModuleList([nn.ReLU(), nn.Tanh()])
+    assert isinstance(ml[1:], nn.ModuleList) and len(ml[1:]) == 1

@@ -364,3 +364,26 @@ def test_state_dict_keeps_per_parameter_steps() -> None:
     opt3 = optim.Adam([a2, b2], lr=0.1)
     opt3.load_state_dict(old)
     assert opt3.param_steps == {id(a2): 3, id(b2): 3}
+
+
+# ---- regressions ----------------------------------------------------------------------------------
+def test_a_parameter_in_two_groups_is_refused() -> None:
+    a = pg.Tensor(np.zeros(2, np.float32), requires_grad=True)
+    b = pg.Tensor(np.zeros(2, np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        optim.SGD([{"params": [a, b]}, {"params": [a], "lr": 0.5}], lr=0.1)
+    with pytest.raises(ValueError, match="appears more than once"):
+        optim.Adam([a, b, a])
+    with pytest.raises(ValueError, match="appears more than once"):
+        optim.SGD([{"params": [b, b]}], lr=0.1)
+    opt = optim.SGD([a], lr=0.1)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [a]})
+    opt.add_param_group({"params": [b], "lr": 0.5})
+    assert opt.param_groups[1]["lr"] == 0.5 and opt.param_groups[1]["momentum"] == 0.0
+    a.grad = pg.Tensor(np.ones(2, np.float32))
+    b.grad = pg.Tensor(np.ones(2, np.float32))
+    opt.step()
+    pg.realize(a, b)
+    np.testing.assert_allclose(a.numpy(), [-0.1, -0.1])
+    np.testing.assert_allclose(b.numpy(), [-0.5, -0.5])

@@ -59,9 +59,14 @@ def relu(x: Node) -> Node:
 
 
 def class_mask(target: Node, num_classes: int) -> Node:
-    """(N, C) bool, True where the column index equals the row's target class."""
+    """(N, C) bool, True where the column index equals the row's target class.
+
+    The comparison is made in int64: a column index built in a small target dtype (uint8, int16) would
+    wrap past its range, so class 3 of a uint8 target would also match column 259."""
     shape = (target.shape[0], num_classes)
-    cols = B.iota(shape, 1, target.dtype)
+    if target.dtype != np.int64:
+        target = B.cast(target, np.dtype(np.int64))
+    cols = B.iota(shape, 1, np.dtype(np.int64))
     return B.binary("cmpeq", cols, B.expand(B.reshape(target, (shape[0], 1)), shape))
 
 
@@ -76,6 +81,6 @@ def sub(a: Node, b: Node) -> Node:
 
 
 def mean(x: Node) -> Node:
-    """Mean over all axes, to shape ()."""
+    """Mean over all axes, to shape (). The mean of no elements is NaN (0/0), as in numpy and PyTorch."""
     total = B.reshape(B.reduce("reduce_sum", x, tuple(range(len(x.shape)))), ())
-    return B.mul(total, const(1.0 / max(x.size, 1), x.dtype, ()))
+    return B.mul(total, const(1.0 / x.size if x.size else float("nan"), x.dtype, ()))

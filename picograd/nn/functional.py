@@ -95,7 +95,7 @@ def cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None, redu
     zn = _shifted(x.node)
     lse = B.reshape(B.unary("log", B.reduce("reduce_sum", B.unary("exp", zn), (1,))), (x.shape[0],))
     if (target.dtype if isinstance(target, Tensor) else np.asarray(target).dtype).kind == "f":
-        p = _same_shape_target("cross_entropy", x, target)
+        _, p = _same_shape_target("cross_entropy", x, target)
         if weight is not None:
             p = p * _check_weight("cross_entropy", weight, x)
         # sum_c p_c * (lse - z_c), written so the (N, C) log-softmax is never formed.
@@ -107,9 +107,11 @@ def cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None, redu
 
 
 def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """Mean squared error. An integer input with a float target is promoted to the target's float dtype, as
+    in PyTorch (the target is never cast to an integer input's dtype, which would truncate it)."""
     _check_reduction("mse_loss", reduction)
-    t = _same_shape_target("mse_loss", input, target)
-    d = input - t
+    x, t = _same_shape_target("mse_loss", input, target)
+    d = x - t
     return _reduce(d * d, reduction)
 
 
@@ -117,10 +119,11 @@ def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = Non
     """BCE of probabilities in [0, 1]. Like PyTorch, each log is clamped at -100 so p = 0 or 1 gives a
     finite loss, and the gradient stays finite there too (see _clamped_log)."""
     _check_reduction("binary_cross_entropy", reduction)
-    t = _same_shape_target("binary_cross_entropy", input, target)
-    loss = -(t * _clamped_log(input) + (1.0 - t) * _clamped_log(1.0 - input))
+    x, t = _same_shape_target("binary_cross_entropy", input, target, float_input=True)
+    _check_probabilities("binary_cross_entropy", x)
+    loss = -(t * _clamped_log(x) + (1.0 - t) * _clamped_log(1.0 - x))
     if weight is not None:
-        loss = loss * weight
+        loss = loss * _as_float_tensor("binary_cross_entropy", "weight", weight, x)
     return _reduce(loss, reduction)
 
 
@@ -128,17 +131,17 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor 
                                      reduction: str = "mean", pos_weight: Tensor | None = None) -> Tensor:
     """sigmoid + BCE fused and stable for any logit: max(x, 0) - x*t + log(1 + exp(-|x|)).
     pos_weight (broadcast over the last axis) scales the positive term, as in PyTorch."""
-    _check_reduction("binary_cross_entropy_with_logits", reduction)
-    x = input
-    t = _same_shape_target("binary_cross_entropy_with_logits", x, target)
+    op = "binary_cross_entropy_with_logits"
+    _check_reduction(op, reduction)
+    x, t = _same_shape_target(op, input, target, float_input=True)
     softplus_neg = (1.0 + (-x.abs()).exp()).log()  # log(1 + exp(-|x|)), never overflows
     if pos_weight is None:
         loss = x.relu() - x * t + softplus_neg
     else:
-        lw = 1.0 + (pos_weight - 1.0) * t
+        lw = 1.0 + (_as_float_tensor(op, "pos_weight", pos_weight, x) - 1.0) * t
         loss = (1.0 - t) * x + lw * (softplus_neg + (-x).relu())
     if weight is not None:
-        loss = loss * weight
+        loss = loss * _as_float_tensor(op, "weight", weight, x)
     return _reduce(loss, reduction)
 
 
@@ -209,11 +212,43 @@ def _shifted(x: Node) -> Node:
     return B.add(x, B.expand(B.neg(m), x.shape))
 
 
+def _as_float_tensor(op: str, name: str, w: Any, x: Tensor) -> Tensor:
+    """A weight (Tensor, numpy array, list or number) as a Tensor of x's float dtype, so that it multiplies
+    x's losses without a dtype mismatch (a float64 or integer weight is cast; float32 stays as it is)."""
+    if not isinstance(w, Tensor):
+        try:
+            arr = np.asarray(w)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{op}: {name} must be a Tensor or an array of numbers, got {type(w).__name__}") from e
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{op}: {name} must be a Tensor or an array of numbers, got {type(w).__name__} "
+                            f"of dtype {arr.dtype}")
+        return Tensor(arr, dtype=x.dtype, requires_grad=False, device=x.device)
+    if w.dtype.kind not in "fiub":
+        raise TypeError(f"{op}: {name} must be numeric, got {w.dtype}")
+    return w if w.dtype == x.dtype else w.cast(x.dtype)
+
+
 def _check_weight(op: str, weight: Any, x: Tensor) -> Tensor:
-    if not isinstance(weight, Tensor) or weight.shape != (x.shape[1],):
-        got = weight.shape if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(f"{op}: weight must be a ({x.shape[1]},) Tensor (one per class), got {got}")
-    return weight
+    """A per-class weight: shape (C,), given as a Tensor, array or list; cast to x's dtype."""
+    shape = weight.shape if isinstance(weight, Tensor) else np.shape(weight)
+    if tuple(shape) != (x.shape[1],):
+        raise ValueError(f"{op}: weight must be a ({x.shape[1]},) Tensor or array (one per class), "
+                         f"got shape {tuple(shape)}")
+    return _as_float_tensor(op, "weight", weight, x)
+
+
+def _check_probabilities(op: str, x: Tensor) -> None:
+    """BCE's input must lie in [0, 1] (as PyTorch checks). Checked only where the values are already on the host
+    (a realized tensor: eager mode, or a Tensor made from an array); a lazy input (say, a sigmoid output) would
+    have to be realized first, a host sync per step, so it is not checked. NaN passes."""
+    buf = x.node.buffer
+    if buf is None or not isinstance(buf.data, np.ndarray) or buf.data.size == 0:
+        return
+    lo, hi = buf.data.min(), buf.data.max()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{op}: input values must be probabilities between 0 and 1, got values in "
+                         f"[{float(lo):g}, {float(hi):g}] (for logits use binary_cross_entropy_with_logits)")
 
 
 def _weighted(op: str, loss: Tensor, mask: Node, weight: Tensor | None, x: Tensor, reduction: str) -> Tensor:
@@ -225,16 +260,37 @@ def _weighted(op: str, loss: Tensor, mask: Node, weight: Tensor | None, x: Tenso
     return loss.sum() / wt.sum() if reduction == "mean" else _reduce(loss, reduction)
 
 
-def _same_shape_target(op: str, x: Tensor, target: Any) -> Tensor:
+def _same_shape_target(op: str, x: Tensor, target: Any, float_input: bool = False) -> tuple[Tensor, Tensor]:
+    """(input, target) of one shape and one dtype. A float input takes the target in its dtype (an integer or
+    bool target converts exactly; a float64 one is rounded, as the input's precision is what the loss has).
+    An integer input is never allowed to truncate a float target: it is promoted to the target's float dtype
+    (mse_loss, as PyTorch does), or, for losses of probabilities/logits (float_input), refused."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: input must be a Tensor, got {type(x).__name__}")
-    t = target if isinstance(target, Tensor) else Tensor(np.asarray(target), dtype=x.dtype, requires_grad=False,
-                                                         device=x.device)
+    if float_input and x.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be a float tensor, got {x.dtype}{list(x.shape)} "
+                        f"(cast it with .float())")
+    if isinstance(target, Tensor):
+        t = target
+    else:
+        arr = np.asarray(target)
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{op}: target must be numeric, got {type(target).__name__} of dtype {arr.dtype}")
+        # a float input: the target in its dtype at once (no cast node); otherwise the target's own dtype
+        t = Tensor(arr, dtype=x.dtype if x.dtype.kind == "f" else None, requires_grad=False, device=x.device)
     if t.shape != x.shape:
         raise ValueError(f"{op}: target shape {t.shape} differs from input shape {x.shape}")
+    if t.dtype.kind not in "fiub":
+        raise TypeError(f"{op}: target must be numeric, got {t.dtype}")
     if t.dtype != x.dtype:
-        t = t.cast(x.dtype)
-    return t
+        if x.dtype.kind == "f":
+            t = t.cast(x.dtype)
+        elif t.dtype.kind == "f":
+            x = x.cast(t.dtype)  # integer input, float target: promote, never truncate the target
+        else:
+            dt = np.promote_types(x.dtype, t.dtype)  # two integer dtypes: the one that holds both
+            x, t = x.cast(dt), t.cast(dt)
+    return x, t
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:

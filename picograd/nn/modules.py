@@ -132,6 +132,8 @@ class Module:
         unexpected = [k for k in keys if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        # Check every entry before loading any, so a bad checkpoint leaves the model as it was.
+        loads = []
         for name in keys:
             if name not in own:
                 continue
@@ -140,6 +142,12 @@ class Module:
             if arr.shape != t.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {arr.shape} in the checkpoint, "
                                  f"{t.shape} in the model")
+            if t.dtype.kind in "iub" and arr.dtype.kind not in "iub":
+                # float -> int would truncate (1.7 -> 1): refuse. int -> float and same-kind conversions load.
+                raise TypeError(f"load_state_dict: {name} is {arr.dtype} in the checkpoint but {t.dtype} in the "
+                                f"model; converting would lose the fractional part (cast it explicitly if meant)")
+            loads.append((t, arr))
+        for t, arr in loads:
             _set_data(t, arr, t.device)
         return missing, unexpected
 
@@ -176,13 +184,16 @@ class Module:
 
 
 def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write name -> array (a state_dict) as an uncompressed .npz: plain arrays, no pickle."""
-    np.savez(path, **{k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in state.items()})
+    """Write name -> array (a state_dict) as an uncompressed .npz: plain arrays, no pickle. The file is written
+    at exactly `path`, whatever its suffix (np.savez given a name would append ".npz" to "model.pt")."""
+    arrays = {k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in state.items()}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a .npz written by save(); refuses pickled objects."""
-    with np.load(path, allow_pickle=False) as f:
+    """Read a file written by save() (an .npz archive, at whatever path it was given); refuses pickled objects."""
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
 
@@ -210,8 +221,15 @@ class Linear(Module):
 class _Container(Module):
     """Submodules registered under "0", "1", ...: indexing, length and iteration for Sequential and ModuleList."""
 
-    def __getitem__(self, i: int) -> Module:
+    def __getitem__(self, i: int | slice) -> Any:
+        """The i-th submodule; a slice gives a container of the same type holding those submodules."""
+        if isinstance(i, slice):
+            return type(self)._from_modules(list(self.children())[i])
         return list(self.children())[i]
+
+    @classmethod
+    def _from_modules(cls, modules: list[Module]) -> _Container:
+        return cls(*modules)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.children())
@@ -240,7 +258,13 @@ class ModuleList(_Container):
         for m in modules:
             self.append(m)
 
+    @classmethod
+    def _from_modules(cls, modules: list[Module]) -> ModuleList:
+        return cls(modules)
+
     def append(self, m: Module) -> ModuleList:
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleList.append: got a {type(m).__name__}, not a Module")
         setattr(self, str(len(self)), m)
         return self
 
@@ -327,11 +351,26 @@ class _Loss(Module):
         F._check_reduction(type(self).__name__, reduction)
         self.reduction = reduction
 
+    def _weight(self, name: str, w: Any) -> Tensor | None:
+        """A weight given as a list or numpy array becomes a Tensor (a buffer, as a Tensor weight is), once
+        here rather than every step; the functional form casts it to the input's float dtype."""
+        if w is None or isinstance(w, Tensor):
+            return w
+        try:
+            arr = np.asarray(w)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{type(self).__name__}: {name} must be a Tensor or an array of numbers, "
+                            f"got {type(w).__name__}") from e
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"{type(self).__name__}: {name} must be a Tensor or an array of numbers, "
+                            f"got {type(w).__name__} of dtype {arr.dtype}")
+        return Tensor(arr, requires_grad=False)
+
 
 class NLLLoss(_Loss):
-    def __init__(self, weight: Tensor | None = None, reduction: str = "mean") -> None:
+    def __init__(self, weight: Any = None, reduction: str = "mean") -> None:
         super().__init__(reduction)
-        self.weight = weight
+        self.weight = self._weight("weight", weight)
 
     def forward(self, input: Tensor, target: Any) -> Tensor:
         return F.nll_loss(input, target, self.weight, self.reduction)
@@ -353,9 +392,9 @@ class BCELoss(NLLLoss):
 
 
 class BCEWithLogitsLoss(_Loss):
-    def __init__(self, weight: Tensor | None = None, reduction: str = "mean", pos_weight: Tensor | None = None):
+    def __init__(self, weight: Any = None, reduction: str = "mean", pos_weight: Any = None):
         super().__init__(reduction)
-        self.weight, self.pos_weight = weight, pos_weight
+        self.weight, self.pos_weight = self._weight("weight", weight), self._weight("pos_weight", pos_weight)
 
     def forward(self, input: Tensor, target: Any) -> Tensor:
         return F.binary_cross_entropy_with_logits(input, target, self.weight, self.reduction, self.pos_weight)
