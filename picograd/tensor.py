@@ -82,14 +82,40 @@ def manual_seed(seed: int) -> None:
     _state["seed"], _state["counter"] = int(seed), 0
 
 
+# The dtypes the IR and its backends compute in (numba has no float16; no complex, object, string or time types).
+SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                               np.uint32, np.uint64, np.float32, np.float64))
+
+
+def check_dtype(dtype: Any, op: str) -> np.dtype:
+    """dtype as a supported numpy dtype in native byte order, or a TypeError naming the supported ones."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"{op}: {dtype!r} is not a dtype") from e
+    native = dt.newbyteorder("=") if dt.byteorder not in ("=", "|") else dt
+    if native not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: dtype {dt} is not supported (supported: {', '.join(d.name for d in SUPPORTED_DTYPES)})")
+    return native
+
+
 def _default_dtype(arr: np.ndarray, dtype: Any) -> np.dtype:
     if dtype is not None:
-        return np.dtype(dtype)
+        return check_dtype(dtype, "Tensor")
     if arr.dtype.kind == "f":
         return FLOAT32  # float32 end to end unless asked otherwise
     if arr.dtype.kind in "iub":
-        return arr.dtype
-    raise TypeError(f"Tensor: cannot make a tensor from data of dtype {arr.dtype}")
+        return check_dtype(arr.dtype, "Tensor")
+    raise TypeError(f"Tensor: cannot make a tensor from data of dtype {arr.dtype} "
+                    f"(supported: {', '.join(d.name for d in SUPPORTED_DTYPES)})")
+
+
+def _asarray(data: Any, op: str) -> np.ndarray:
+    try:
+        return np.asarray(data)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{op}: cannot make a tensor from {type(data).__name__} data of inhomogeneous shape (ragged "
+                         f"nested sequences); Tensor() needs rectangular data ({e})") from e
 
 
 class Tensor(TensorOps):
@@ -105,7 +131,7 @@ class Tensor(TensorOps):
         else:
             if isinstance(data, Tensor):
                 data, copy = data.numpy(), False  # numpy() returns a fresh array
-            arr = np.asarray(data)
+            arr = _asarray(data, "Tensor")
             dt = _default_dtype(arr, dtype)
             # A lazy graph reads the array when it is realized, so without a copy it would see the caller's later
             # writes (torch.tensor copies too). Python data (lists, scalars) is converted into a fresh array anyway.
@@ -155,6 +181,40 @@ class Tensor(TensorOps):
         if not self.shape:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
+
+    def __iter__(self) -> Any:
+        """The sub-tensors along the first axis (as torch); a 0-d tensor cannot be iterated."""
+        if not self.shape:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    # ---- in-place arithmetic: t += x updates t itself, as numpy and torch do -----------------------
+    def _inplace(self, name: str, value: Any) -> Tensor:
+        if self._rg and self.dtype.kind == "f":
+            raise TypeError(f"{name}: in-place op on a tensor that requires grad (a parameter) is not supported; "
+                            f"write t.assign(t {name[2]} x) to update it (or t = t {name[2]} x for a new tensor)")
+        v = value()
+        if v.dtype != self.dtype or v.shape != self.shape:
+            err = TypeError if v.dtype != self.dtype else ValueError
+            raise err(f"{name}: the result {v.dtype}{list(v.shape)} cannot be stored in place in "
+                      f"{self.dtype}{list(self.shape)} (as numpy, the dtype and shape must stay)")
+        if self.node.op == "buffer" or _assigned_to(self.node) is self:
+            self.assign(v)  # a leaf: it keeps its identity (and the state picograd.jit sees)
+        else:
+            self.node = v.node  # a computed tensor: its new value, gradients still flowing through it
+        return self
+
+    def __iadd__(self, o: Any) -> Tensor:
+        return self._inplace("t += x", lambda: self + o)
+
+    def __isub__(self, o: Any) -> Tensor:
+        return self._inplace("t -= x", lambda: self - o)
+
+    def __imul__(self, o: Any) -> Tensor:
+        return self._inplace("t *= x", lambda: self * o)
+
+    def __itruediv__(self, o: Any) -> Tensor:
+        return self._inplace("t /= x", lambda: self / o)
 
     def __hash__(self) -> int:
         return id(self)
@@ -302,8 +362,8 @@ class Tensor(TensorOps):
     def _make(node: Node) -> Tensor:
         return Tensor(node)
 
-    def _lift(self, x: Any) -> Tensor:
-        return _as_node(x, self)
+    def _lift(self, x: Any, op: str | None = None) -> Tensor:
+        return _as_node(x, self, op)
 
     def _dropout_seed(self) -> Node:
         # A fresh uint32 seed buffer per call: its value varies, the program's structure does not.
@@ -312,7 +372,7 @@ class Tensor(TensorOps):
         return node
 
     def cast(self, dtype: Any) -> Tensor:
-        return Tensor(B.cast(self.node, np.dtype(dtype)))
+        return Tensor(B.cast(self.node, check_dtype(dtype, "cast")))
 
     astype = cast
 
@@ -401,7 +461,7 @@ def realize(*tensors: Tensor) -> None:
         _cut_history(t)
 
 
-def _as_node(x: Any, like: Tensor) -> Tensor:
+def _as_node(x: Any, like: Tensor, op: str | None = None) -> Tensor:
     """Python scalars take the dtype of the tensor they meet (so 0.5 stays float32)."""
     if isinstance(x, Tensor):
         return x
@@ -409,10 +469,17 @@ def _as_node(x: Any, like: Tensor) -> Tensor:
         dt = like.dtype
         if isinstance(x, (float, np.floating)) and dt.kind != "f":
             dt = FLOAT32
-        elif isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and dt.kind == "b":
-            dt = np.dtype(np.int64)
+        elif isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+            if dt.kind == "b":
+                dt = np.dtype(np.int64)
+            if dt.kind in "iu" and not np.iinfo(dt).min <= int(x) <= np.iinfo(dt).max:
+                raise OverflowError(f"{op or 'operand'}: Python integer {x} is out of bounds for {dt} (the dtype of "
+                                    f"the {like.dtype}{list(like.shape)} tensor it meets; numpy raises too); cast the "
+                                    f"tensor to a wider dtype first")
+        elif isinstance(x, np.number) and np.dtype(type(x)) not in SUPPORTED_DTYPES and not isinstance(x, np.floating):
+            raise TypeError(f"{op or 'operand'}: scalar of unsupported dtype {np.dtype(type(x))}")
         return Tensor(B.const(x, dt))
-    arr = np.asarray(x)
+    arr = _asarray(x, f"{op or 'operand'} (Tensor())")
     # Float data meeting a float tensor takes its width; meeting an integer tensor it stays float (float32).
     return Tensor(arr, dtype=like.dtype if arr.dtype.kind == "f" and like.dtype.kind == "f" else None)
 

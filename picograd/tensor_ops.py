@@ -37,10 +37,25 @@ def _broadcast_to(x: Node, shape: tuple[int, ...]) -> Node:
     return B.expand(x, shape)
 
 
-def _shape_args(shape: Sequence[Any]) -> tuple[int, ...]:
+def _shape_args(shape: Sequence[Any], op: str = "reshape") -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        return tuple(shape[0])
-    return tuple(shape)
+        shape = tuple(shape[0])
+    bad = [s for s in shape if not isinstance(s, (int, np.integer)) or isinstance(s, (bool, np.bool_))]
+    if bad:
+        raise TypeError(f"{op}: expected integers, got {tuple(shape)!r} ({type(bad[0]).__name__} {bad[0]!r})")
+    return tuple(int(s) for s in shape)
+
+
+_COMPARE = {"cmplt": lambda a, b: a < b, "cmple": lambda a, b: a <= b, "cmpeq": lambda a, b: a == b,
+            "cmpne": lambda a, b: a != b}
+
+
+def _int_scalar_out_of_range(x: Any, dt: np.dtype) -> bool:
+    """x is a Python (or numpy) integer that the integer dtype dt cannot hold."""
+    if not isinstance(x, (int, np.integer)) or isinstance(x, (bool, np.bool_)) or dt.kind not in "iu":
+        return False
+    info = np.iinfo(dt)
+    return not info.min <= int(x) <= info.max
 
 
 class TensorOps:
@@ -52,13 +67,20 @@ class TensorOps:
     def _make(node: Node) -> Any:
         raise NotImplementedError
 
-    def _lift(self, x: Any) -> Any:
+    def _lift(self, x: Any, op: str | None = None) -> Any:
         raise NotImplementedError
 
     # ---- elementwise ------------------------------------------------------------------------------
     def _binary(self, op: str, other: Any, reverse: bool = False, name: str | None = None) -> Any:
         """name: the user-facing op that errors report (a - b is built as a + (-b), a > b as b < a)."""
-        o = self._lift(other)
+        if op in _COMPARE and self.node.dtype.kind in "iub":
+            dt = self.node.dtype if self.node.dtype.kind != "b" else np.dtype(np.int64)
+            if _int_scalar_out_of_range(other, dt):
+                # as numpy: a comparison with an integer the dtype cannot hold has the mathematically right
+                # answer, which is the same for every value of the tensor (0 stands for any of them)
+                a, b = (other, 0) if reverse else (0, other)
+                return self._make(B.const(bool(_COMPARE[op](int(a), int(b))), np.dtype(np.bool_), self.node.shape))
+        o = self._lift(other, name or op)
         a, b = (o.node, self.node) if reverse else (self.node, o.node)
         a, b = _promote(name or op, a, b)
         shape = broadcast_shapes(name or op, a.shape, b.shape)
@@ -86,19 +108,19 @@ class TensorOps:
         return self._unary("neg")
 
     def __sub__(self, o: Any) -> Any:
-        return self._binary("add", -self._lift(o), name="sub")
+        return self._binary("add", -self._lift(o, "sub"), name="sub")
 
     def __rsub__(self, o: Any) -> Any:
-        return (-self)._binary("add", o, True, name="sub")
+        return (-self)._binary("add", self._lift(o, "sub"), True, name="sub")
 
     def __truediv__(self, o: Any) -> Any:
-        o = self._lift(o)
+        o = self._lift(o, "div")
         if self.node.dtype.kind != "f" and o.node.dtype.kind != "f":
             return self.float() / o.float()
         return self._binary("mul", o.reciprocal(), name="div")
 
     def __rtruediv__(self, o: Any) -> Any:
-        return self._lift(o) / self
+        return self._lift(o, "div") / self
 
     def __pow__(self, o: Any) -> Any:
         if self.node.dtype.kind in "iu" and isinstance(o, (int, np.integer)) and not isinstance(o, bool) and o >= 0:
@@ -152,7 +174,13 @@ class TensorOps:
         return self._unary("recip")
 
     def sigmoid(self) -> Any:
-        return (1.0 + (-self).exp()).reciprocal()
+        """Stable in value and gradient: with e = exp(-|x|) (never overflows), 1 / (1 + e) for x >= 0 and
+        e / (1 + e) below. (1 / (1 + exp(-x)) alone has gradient 0 * inf = NaN below about -88.)"""
+        x = self if self.node.dtype.kind == "f" else self.float()
+        pos = x >= 0
+        e = x._where(pos, -x, x).exp()
+        r = (e + 1.0).reciprocal()
+        return x._where(pos, r, e * r)
 
     def relu(self) -> Any:
         return self.where_positive(self, 0)  # the int 0 takes the tensor's dtype: an integer relu stays integer
@@ -164,6 +192,8 @@ class TensorOps:
         return self._where(self > 0, a, b)
 
     def abs(self) -> Any:
+        if self.node.dtype.kind == "b":
+            return self  # (numpy's abs of a bool array is itself)
         if self.node.dtype.kind != "f":
             return self._where(self < 0, -self, self)
         # Gradient sign(x), as torch's: 0 at +-0 (where(x < 0, -x, x) alone takes the x branch there: 1); the
@@ -171,8 +201,11 @@ class TensorOps:
         return self._where(self < 0, -self, self._where(self > 0, self, self._where(self == self, 0.0, self.detach())))
 
     def _where(self, cond: Any, a: Any, b: Any) -> Any:
-        c = self._lift(cond)
-        a, b = self._lift(a), self._lift(b)
+        if isinstance(cond, (bool, np.bool_)):
+            c = self._make(B.const(bool(cond), np.dtype(np.bool_)))
+        else:
+            c = self._lift(cond, "where")
+        a, b = self._lift(a, "where"), self._lift(b, "where")
         if c.node.dtype.kind != "b":
             raise TypeError(f"where: condition must be a bool tensor, got {c.node.dtype}{list(c.node.shape)}")
         an, bn = _promote("where", a.node, b.node)
@@ -183,10 +216,10 @@ class TensorOps:
         return self._binary("max", o, name="maximum")
 
     def minimum(self, o: Any) -> Any:
-        o = self._lift(o)
+        o = self._lift(o, "minimum")
         a, b = _promote("minimum", self.node, o.node)
-        if a.dtype.kind in "fb":  # (bools: neg raises the error)
-            return -((-self)._binary("max", -o, name="minimum"))
+        if a.dtype.kind == "f":
+            return -((-self._make(a))._binary("max", -self._make(b), name="minimum"))
         fa, back = self._make(a)._reverse_order()
         fb, _ = self._make(b)._reverse_order()
         return back(fa._binary("max", fb, name="minimum"))
@@ -197,8 +230,10 @@ class TensorOps:
         so narrower integers are negated in int64, and 64-bit ones take the bitwise not ~x = -x + ~0 (exact in
         wrapping arithmetic, which 64-bit integers have in numpy and in compiled code)."""
         dt = self.node.dtype
-        if dt.kind in "fb":  # (bools: neg raises the error)
+        if dt.kind == "f":
             return -self, lambda r: -r
+        if dt.kind == "b":  # logical not
+            return self == False, lambda r: r == False  # noqa: E712
         if dt.itemsize < 8:
             wide = self._make(B.cast(self.node, np.dtype(np.int64)))
             return -wide, lambda r: self._make(B.cast((-r).node, dt))
@@ -210,11 +245,24 @@ class TensorOps:
         return bitwise_not(self), bitwise_not
 
     def clip(self, lo: Any = None, hi: Any = None) -> Any:
+        """min(max(x, lo), hi), as numpy and torch (hi wins where lo > hi). The gradient goes to x where
+        lo <= x <= hi (at a bound too, as torch's) and to a tensor bound only where x is strictly outside it."""
         out = self
         if lo is not None:
-            out = out.maximum(lo)
+            lo = self._lift(lo, "clip")
+            # errors name the op a bound amounts to, as when clip was built from them: max(x, lo), min(x, hi)
+            _promote("maximum", out.node, lo.node)
+            broadcast_shapes("maximum", out.node.shape, lo.node.shape)
+            out = out._where(out < lo, lo, out)
+            if lo.node.dtype.kind == "f" and not (lo.node.op == "const" and lo.node.arg == lo.node.arg):
+                out = out._where(lo != lo, lo, out)  # a NaN bound gives NaN, as in numpy and torch
         if hi is not None:
-            out = out.minimum(hi)
+            hi = self._lift(hi, "clip")
+            _promote("minimum", out.node, hi.node)
+            broadcast_shapes("minimum", out.node.shape, hi.node.shape)
+            out = out._where(hi < out, hi, out)
+            if hi.node.dtype.kind == "f" and not (hi.node.op == "const" and hi.node.arg == hi.node.arg):
+                out = out._where(hi != hi, hi, out)
         return out
 
     clamp = clip
@@ -251,6 +299,16 @@ class TensorOps:
             raise ValueError(f"{op}: expected one axis, got {axis if dim is None else dim} for shape {self.node.shape}")
         return axes[0]
 
+    def _scalar_axis(self, op: str, axis: Any, dim: Any) -> Any:
+        """self (0-d), after checking that the axis given to a softmax-like op is one a 0-d tensor has (-1 or 0,
+        as torch)."""
+        if axis is not None and dim is not None:
+            raise TypeError(f"{op}: pass axis= or dim=, not both")
+        a = axis if dim is None else dim
+        if a is not None and a not in (-1, 0):
+            raise ValueError(f"{op}: axis {a} is out of range for a 0-d tensor (use -1 or 0)")
+        return self
+
     def _reduce(self, op: str, axes: tuple[int, ...], keepdims: bool) -> Any:
         x = self.node
         if op == "reduce_sum" and x.dtype.kind in "biu":
@@ -268,7 +326,9 @@ class TensorOps:
     def mean(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
         axes = self._axes("mean", axis, dim)
         x = self if self.node.dtype.kind == "f" else self.float()
-        return x._reduce("reduce_sum", axes, keepdims) * (1.0 / max(prod(self.node.shape[a] for a in axes), 1))
+        n = prod(self.node.shape[a] for a in axes)
+        # the mean of no elements is 0/0 = NaN, as in numpy and torch
+        return x._reduce("reduce_sum", axes, keepdims) * (1.0 / n if n else float("nan"))
 
     def max(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
         return self._reduce("reduce_max", self._axes("max", axis, dim), keepdims)
@@ -296,27 +356,33 @@ class TensorOps:
         idx = self._make(B.iota(x.node.shape, ax, np.dtype(np.int64)))
         best = x.max(ax, keepdims=True) if op == "argmax" else x.min(ax, keepdims=True)
         hit = x == best
+        if x.node.dtype.kind == "f":  # a NaN is the extreme, as in numpy and torch: then the first NaN hits
+            hit = best._where(best == best, hit, x != x)
         # the smallest index that hits; indices are non-negative, so min by negation cannot overflow
         return -(-hit._where(hit, idx, n)).max(ax)
 
     def softmax(self, axis: int | None = None, dim: int | None = None) -> Any:
+        if not self.node.shape:  # as torch: a 0-d tensor is one element along axis -1 or 0
+            return self._scalar_axis("softmax", axis, dim).reshape(1).softmax(0).reshape(())
         ax = self._one_axis("softmax", axis, dim)
         e = (self - self.detach().max(ax, keepdims=True)).exp()
         return e / e.sum(ax, keepdims=True)
 
     def log_softmax(self, axis: int | None = None, dim: int | None = None) -> Any:
+        if not self.node.shape:
+            return self._scalar_axis("log_softmax", axis, dim).reshape(1).log_softmax(0).reshape(())
         ax = self._one_axis("log_softmax", axis, dim)
         z = self - self.detach().max(ax, keepdims=True)
         return z - z.exp().sum(ax, keepdims=True).log()
 
     # ---- movement ---------------------------------------------------------------------------------
     def reshape(self, *shape: Any) -> Any:
-        return self._make(B.reshape(self.node, _shape_args(shape)))
+        return self._make(B.reshape(self.node, _shape_args(shape, "reshape")))
 
     view = reshape
 
     def permute(self, *order: Any) -> Any:
-        return self._make(B.permute(self.node, _shape_args(order)))
+        return self._make(B.permute(self.node, _shape_args(order, "permute")))
 
     def transpose(self, a: int = -2, b: int = -1) -> Any:
         n = len(self.node.shape)
@@ -330,7 +396,7 @@ class TensorOps:
     T = property(lambda self: self.permute(tuple(reversed(range(len(self.node.shape))))))
 
     def expand(self, *shape: Any) -> Any:
-        shape = _shape_args(shape)
+        shape = _shape_args(shape, "expand")
         x = self.node
         new = len(shape) - len(x.shape)
         if new < 0:
@@ -399,7 +465,7 @@ class TensorOps:
 
     # ---- matmul -----------------------------------------------------------------------------------
     def matmul(self, other: Any) -> Any:
-        o = self._lift(other)
+        o = self._lift(other, "matmul")
         a, b = self.node, o.node
         if not a.shape or not b.shape:
             raise ValueError(f"matmul: both operands need at least one dimension, got {a.shape} and {b.shape}")
@@ -427,13 +493,18 @@ class TensorOps:
     dot = matmul
 
     def __rmatmul__(self, other: Any) -> Any:
-        return self._lift(other).matmul(self)
+        return self._lift(other, "matmul").matmul(self)
 
     # ---- random -----------------------------------------------------------------------------------
     def dropout(self, p: float = 0.5, training: bool = True) -> Any:
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout: p must be in [0, 1), got {p}")
-        if not training or p == 0.0:
+        if not training:
+            return self
+        if self.node.dtype.kind != "f":
+            raise TypeError(f"dropout: needs a float tensor, got {self.node.dtype}{list(self.node.shape)}; "
+                            "cast it first (.float())")
+        if p == 0.0:
             return self
         keep = self._make(B.rand(self._dropout_seed(), self.node.shape, self.node.dtype)) >= p
         return self._where(keep, self * (1.0 / (1.0 - p)), 0.0)
