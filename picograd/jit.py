@@ -274,8 +274,7 @@ def _bind(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[Any], tuple]:
                 sig.append(("dict", tuple(a)))
                 return {k: conv(v) for k, v in a.items()}
             sig.append((type(a), len(a)))
-            items = [conv(v) for v in a]
-            return type(a)(*items) if hasattr(a, "_fields") else type(a)(items)  # a namedtuple takes fields
+            return _same_kind(a, [conv(v) for v in a])
         sig.append(("value", a))
         return a
 
@@ -287,6 +286,11 @@ def _bind(args: tuple, kwargs: dict) -> tuple[tuple, dict, list[Any], tuple]:
     except TypeError as e:
         raise TypeError(f"picograd.jit: arguments must be Tensors, arrays or hashable values ({e})") from None
     return args, kwargs, flat, key
+
+
+def _same_kind(seq: tuple | list, items: list) -> Any:
+    """A tuple or list of seq's type holding items (a namedtuple takes them as fields)."""
+    return type(seq)(*items) if hasattr(seq, "_fields") else type(seq)(items)
 
 
 def _holds_tensors(a: Any) -> bool:
@@ -335,8 +339,7 @@ def _skeleton(out: Any) -> Any:
     if isinstance(out, Tensor):
         return _Slot
     if isinstance(out, (tuple, list)):
-        items = [_skeleton(o) for o in out]
-        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
+        return _same_kind(out, [_skeleton(o) for o in out])
     if isinstance(out, dict):
         return {k: _skeleton(o) for k, o in out.items()}
     return out
@@ -347,8 +350,7 @@ def _rebuild(out: Any, new: Any) -> Any:
     if out is _Slot:
         return next(new)
     if isinstance(out, (tuple, list)):
-        items = [_rebuild(o, new) for o in out]
-        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
+        return _same_kind(out, [_rebuild(o, new) for o in out])
     if isinstance(out, dict):
         return {k: _rebuild(o, new) for k, o in out.items()}
     return out

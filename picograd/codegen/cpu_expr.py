@@ -223,9 +223,7 @@ _CMP = {"cmplt": "<", "cmple": "<=", "cmpeq": "==", "cmpne": "!="}
 def _expr(op: str, n: Node, a: list[str], consts: Consts) -> str:
     e = _expr_wide(op, n, a, consts)
     dt = n.dtype
-    if op in ("add", "mul", "neg") and dt.kind in "iu" and dt.itemsize < 8:
-        # numba computes small integers in 64 bits; numpy wraps them to their own width. A store would wrap
-        # too, but a comparison fused after the op would see the unwrapped value: int8 100 + 100 > 0.
+    if ops.wraps_narrow_int(op, dt):  # (a store would wrap too, but not a fused comparison: int8 100 + 100 > 0)
         return f"{np_type(dt)}({e})"
     return e
 

@@ -209,8 +209,7 @@ class Emitter:
 
     def _expr(self, n: Node, idx: tuple[str, ...]) -> str:
         e = self._expr_wide(n, idx)
-        if n.op in ("add", "mul", "neg") and n.dtype.kind in "iu" and n.dtype.itemsize < 8:
-            # numba computes small integers in 64 bits; numpy wraps them to their own width (see cpu_expr)
+        if ops.wraps_narrow_int(n.op, n.dtype):
             return f"np.{n.dtype.name}({e})"
         return e
 

@@ -251,6 +251,9 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> CudaArray:
     return CudaArray(shape, dtype, a.ptr, a)
 
 
+SMALL = 4096  # bytes: arrays up to this size share their own block (Layout) / one upload (to_device_many)
+
+
 class Layout:
     """Where each of a program's outputs lives: several arrays carved out of one allocation (one driver
     call per program run, not one per output), computed once per program.
@@ -264,7 +267,7 @@ class Layout:
         self.blocks: list[int] = []  # bytes per allocation
         self.place: list[tuple[int, int]] = [(0, 0)] * len(specs)  # (block, offset) per output
         for small in (True, False):
-            idx = [i for i, n in enumerate(sizes) if (n <= 4096) == small]
+            idx = [i for i, n in enumerate(sizes) if (n <= SMALL) == small]
             if not idx:
                 continue
             total = 0
@@ -297,9 +300,6 @@ def to_device(arr: np.ndarray) -> CudaArray:
     return out
 
 
-SMALL = 4096  # bytes: host inputs up to this size share one allocation and one copy per program run
-
-
 def to_device_many(arrs: list[np.ndarray]) -> list[CudaArray]:
     """Several host arrays to the device; the small ones (a step's host scalars, its labels) packed into one
     allocation and one copy: each driver call costs microseconds, as much as the copy of a small array."""
@@ -307,18 +307,15 @@ def to_device_many(arrs: list[np.ndarray]) -> list[CudaArray]:
     small = [i for i, a in enumerate(arrs) if a.nbytes <= SMALL]
     if simulated() or len(small) < 2:
         return [to_device(a) for a in arrs]
-    out: list[Any] = [None] * len(arrs)
-    offsets, total = [], 0
-    for i in small:
-        offsets.append(total)
-        total += (arrs[i].nbytes + 255) // 256 * 256
-    staging = np.empty(total, np.uint8)
-    for i, off in zip(small, offsets, strict=True):
+    layout = Layout([(arrs[i].shape, arrs[i].dtype) for i in small])  # all small: one block
+    staging = np.empty(layout.blocks[0], np.uint8)
+    for i, (_, off) in zip(small, layout.place, strict=True):
         staging[off : off + arrs[i].nbytes] = arrs[i].reshape(-1).view(np.uint8)
-    block = _Allocation(total)
-    driver().htod(block.ptr, staging)
-    for i, off in zip(small, offsets, strict=True):
-        out[i] = CudaArray(arrs[i].shape, arrs[i].dtype, block.ptr + off, block)
+    views = layout.allocate()
+    driver().htod(views[0].owner.ptr, staging)
+    out: list[Any] = [None] * len(arrs)
+    for i, v in zip(small, views, strict=True):
+        out[i] = v
     return [a if a is not None else to_device(arrs[i]) for i, a in enumerate(out)]
 
 

@@ -3,6 +3,8 @@ handle exactly this set, so adding a primitive means touching each of them once.
 
 from __future__ import annotations
 
+import numpy as np
+
 # Leaves: a realized buffer, a scalar constant, the index along an axis, and counter-based random bits.
 BUFFER = "buffer"  # arg: the Buffer holding the data
 CONST = "const"  # arg: a Python scalar; shape () - broadcast with EXPAND
@@ -15,6 +17,12 @@ COMPARE = ("cmplt", "cmple", "cmpeq", "cmpne")
 TERNARY = ("where",)  # srcs: (cond: bool, a, b)
 REDUCE = ("reduce_sum", "reduce_max")  # arg: sorted axes; keeps reduced axes as size 1
 MOVEMENT = ("reshape", "permute", "expand", "slice", "pad")
+
+
+def wraps_narrow_int(op: str, dtype: np.dtype) -> bool:
+    """Whether generated code must wrap op's result to its dtype: numba computes int8..uint32 in 64 bits while
+    numpy wraps them at their width, and a comparison fused after the op would see the unwrapped value."""
+    return op in ("add", "mul", "neg") and dtype.kind in "iu" and dtype.itemsize < 8
 MATMUL = "matmul"  # (M,K)@(K,N) or batched (B,M,K)@(B,K,N)
 # d root / d wrt, not yet expanded: srcs (root, wrt) or (root, wrt, seed). realize() expands it into the VJP
 # graph (ir.autodiff.expand_grads) only when it must compile, so a cached training step never builds its
