@@ -14,7 +14,7 @@ from picograd.codegen.in_place import writable_in_place
 from picograd.codegen.schedule import schedule
 from picograd.ir import build as B
 from picograd.ir.node import Buffer, buffer_node
-from picograd.jit import _calibrate
+from picograd.refcount import calibrate
 
 
 def _address(t: pg.Tensor) -> int:
@@ -37,7 +37,7 @@ def _mlp_step(opt_name: str = "adam"):  # noqa: ANN202
 
 
 def test_calibration_found_both_layouts() -> None:
-    plain, view = _calibrate()
+    plain, view = calibrate()
     assert plain is not None and view is not None and plain != view
 
 
@@ -172,10 +172,10 @@ def test_two_tensors_assigned_one_value_both_follow() -> None:
 
 @pytest.fixture
 def reuse_all(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every gradient, however small, is written over its previous array (jit._REUSE_MIN: big ones only)."""
+    """Every gradient, however small, is written over its previous array (replay.REUSE_MIN: big ones only)."""
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("picograd.jit"), "_REUSE_MIN", 0)
+    monkeypatch.setattr(importlib.import_module("picograd.replay"), "REUSE_MIN", 0)
 
 
 def test_replays_write_gradients_into_their_previous_arrays(reuse_all: None) -> None:
@@ -214,7 +214,7 @@ def test_a_gradient_held_elsewhere_keeps_its_value(hold: str, reuse_all: None) -
 
 
 def test_small_gradients_keep_alternating() -> None:
-    """Below jit._REUSE_MIN elements gradients are not checked for reuse: the check would cost more than it saves."""
+    """Below replay.REUSE_MIN elements gradients are not checked for reuse: the check would cost more than it saves."""
     model, opt, step, batches = _mlp_step()
     for x, y in batches[:5]:
         step(x, y)

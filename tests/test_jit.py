@@ -276,7 +276,7 @@ def test_returned_arguments_and_state_are_this_calls() -> None:
     assert f.stats["replayed"] == 3
 
 
-@pytest.mark.parametrize("n", [16, 1 << 18])  # 1 << 18: big enough to be written over its old array (_REUSE_MIN)
+@pytest.mark.parametrize("n", [16, 1 << 18])  # 1 << 18: big enough to be written over its old array (replay.REUSE_MIN)
 def test_replayed_gradients_are_bound_as_backward_binds_them(n: int) -> None:
     """Each replay binds a tensor holding the new gradient to .grad, as backward() does: a gradient kept from an
     earlier call keeps its value, and one zeroed outside the step (set to None) is set again."""
