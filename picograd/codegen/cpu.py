@@ -36,18 +36,18 @@ import numpy as np
 from ..ir import ops
 from ..ir.node import Node
 from ..ir.printer import GraphView
+from ..ir.shape import prod
 from . import blas, compile_helper
 from . import indexing as ix
 from .clock import AVAILABLE as CLOCK
-from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, combine, init_value, node_label, np_type, short
+from .cpu_expr import BufRef, Consts, Loop, Stmt, Val, node_label, short
 from .cpu_matmul import chunk_plan, gemm_lines, use_blocks
+from .cpu_nest import BLOCK, CHUNK, Nest  # noqa: F401  (BLOCK, CHUNK: read by cache.py and tests as cpu.*)
 from .fpenv import FLUSH
 from .schedule import Kernel, Schedule
 
 PARALLEL_MIN = int(os.environ.get("PICOGRAD_PARALLEL_MIN", 1 << 17))  # elements; smaller loops stay serial
 PARALLEL_AFTER_GEMM = False  # prange in matmul epilogues while OpenBLAS runs its own threads (see kernel)
-BLOCK = 4096  # reduction chunk: partial sums of this many elements keep float32 sums accurate
-CHUNK = 16384  # elements per prange iteration when a parallel loop's rows are short (see par_chunks)
 # No fastmath flags (see the module docstring): numba applies them to every operation of a function, and
 # {'reassoc', 'nsz'}, used before, let LLVM rewrite fused elementwise code -- x - x became 0 at x = inf,
 # exp(log(x)) became x at x < 0, (a + b) - b became a.
@@ -108,7 +108,7 @@ class ProgramRenderer:
             for r in k.reduces:
                 ploads[id(r)] = self.names[id(r)]
             loop, _ = self.stores(k.out_shape, ploads, k.post)
-            lines += self.nest(loop, None, [], _prod(k.out_shape) >= PARALLEL_MIN)
+            lines += self.nest(loop, None, [], prod(k.out_shape) >= PARALLEL_MIN)
         return KernelCode(k, lines, any("prange(" in ln for ln in lines))
 
     def stores(self, domain: tuple[int, ...], loads: dict[int, str], nodes: list[Node]) -> tuple[Loop, tuple]:
@@ -126,248 +126,14 @@ class ProgramRenderer:
     # ---- loop nests ---------------------------------------------------------------------------------
     def nest(self, loop: Loop, k: Kernel | None, reds: list[tuple[Node, Val]], parallel: bool,
              chunk: tuple[int, str, str] | None = None) -> list[str]:
-        """The loop nest's lines. chunk (axis, first, end): run only that block of the axis (named variables
-        of the enclosing block loop), the axis's loop counting from 0 over buffers sliced at the block's start;
-        the nest is then serial (the block loop is the parallel one)."""
-        sizes = loop.sizes
-        axes = set(k.axes) if k is not None and reds else set()
-        reduced = tuple(d in axes for d in range(len(sizes)))
-        used: list = []
-        blocked: set = set()
-        for st in loop.stmts:
-            for part in st.parts:
-                if isinstance(part, (ix.Cond, BufRef)):
-                    part = part.e if isinstance(part, ix.Cond) else part.ix
-                if isinstance(part, ix.Ix):
-                    if part.affine:
-                        used.append(part)
-                    else:
-                        blocked |= part.dims
-        out_idx = {}
-        for r, _ in reds:
-            oidx = tuple(ix.const(0, loop.nd) if reduced[d] else ix.var(d, loop.nd, s) for d, s in enumerate(sizes))
-            out_idx[id(r)] = ix.flat_index(oidx, r.shape, loop.nd)
-            used.append(out_idx[id(r)])
-        if chunk is not None and chunk[0] > 0:
-            blocked.add(chunk[0])  # the split axis must head its loop: no merging into the axis before it
-        groups = ix.collapse(sizes, reduced, used, frozenset(blocked))
-        names = ix.group_names(groups, sizes)
-        gpos = {d: g for g, grp in enumerate(groups) for d in grp}
-        depth_of = lambda dims: 1 + max((gpos[d] for d in dims if d in gpos), default=-1)  # noqa: E731
-        gsize = [_prod(sizes[d] for d in grp) for grp in groups]
-        gsize_text = [str(n) for n in gsize]
-        # In a block, the split axis's loop variable i{a}_l counts from 0 within the block; indices into the
-        # buffers sliced at the block's start render with it (lnames). Every other index (iota, rand, a pad's
-        # condition, a load that can't be sliced) reads the global i{a} = i{a}_l + first, defined where used.
-        lnames, cpos, cvar = names, -1, ""
-        if chunk is not None:
-            ca, first, end = chunk
-            cpos = gpos[ca]
-            grp = groups[cpos]
-            assert grp[0] == ca and not reduced[ca], "a block splits a kept loop axis that heads its loop"
-            inner = _prod(sizes[d] for d in grp[1:])
-            cvar = f"i{ca}"
-            lnames = {**names, grp[-1]: (f"{cvar}_l", 1)}
-            scale = f" * {inner}" if inner != 1 else ""
-            gsize_text[cpos] = f"({end} - {first}){scale}" if scale else f"{end} - {first}"
-            global_def = f"{cvar} = {cvar}_l + {first}{scale}"
-        gred = [reduced[g[0]] for g in groups]
-        ng = len(groups)
-        # t: first loop of the innermost all-reduced run; those loops accumulate into typed scalars
-        t = ng
-        while t > 0 and gred[t - 1]:
-            t -= 1
-        vector_mode = any(gred[:t])  # some reduced loop encloses kept ones: accumulate into the output row
-        par_outer = parallel and ng > 0 and not gred[0] and gsize[0] > 1
-        # a single large innermost reduced loop runs in blocks (partial sums); in parallel if it is the whole nest
-        blocked_red = bool(reds) and t == ng - 1 and gsize[t] > BLOCK
-        par_blocks = parallel and blocked_red and t == 0
-        # Inside a prange body, LLVM cannot tell that an index built on the prange variable is non-negative and
-        # leaves the inner loops scalar (measured 4-7x slower). So buffers are sliced at the prange variable's
-        # offset there, and inner loops index the slice from 0, which vectorizes as serial code does.
-        # A prange body runs per iteration of its loop, and sets the worker thread's subnormal mode on entry and
-        # restores it on exit (_flushing). So a parallel loop whose iterations are short (a flat elementwise
-        # loop, or rows of a few elements) takes its rows in chunks of about CHUNK elements: per element, a flat
-        # loop over 1e6 took 8.7 ms, against 0.3-0.7 ms in chunks; rows of 3 (500000 x 3) 4.3 ms.
-        row = _prod(gsize[1:])
-        par_chunks = par_outer and chunk is None and row < 1024
-        rows_per_chunk = max(1, CHUNK // max(row, 1))
-        split = None
-        if par_chunks:
-            v = f"i{groups[0][0]}"
-            split = (groups[0][-1], f"{v}_o", f"{v}_i")
-        elif par_outer and ng > 1:
-            split = (groups[0][-1], f"i{groups[0][0]}", None)
-        elif par_blocks:
-            v = f"i{groups[0][0]}"
-            split = (groups[0][-1], f"{v}_o", f"{v}_i")
-        slices: dict[str, str] = {}  # slice variable -> its definition
-        by_depth: dict[int, list[str]] = {}
-
-        def put(depth: int, text: str) -> None:
-            by_depth.setdefault(depth, []).append(text)
-
-        index_vars: dict[str, str] = {}  # index arithmetic shared by several loads/stores is computed once
-
-        def index_text(e: ix.Ix, names=names) -> str:
-            text = e.render(names)
-            if " + " in text or " * " in text or "//" in text or "%" in text:
-                var = index_vars.get(text)
-                if var is None:
-                    var = index_vars[text] = self.fresh("j")
-                    # In a block the loop bound is not a constant, and LLVM no longer proves a composite index
-                    # non-negative: numba's negative-index wraparound then keeps the loop scalar (measured: the
-                    # MLP's 100K-element momentum epilogue in 2 column blocks, 140 -> 80 us). Unsigned: no wrap.
-                    put(depth_of(e.used()), f"{var} = np.uint64({text})" if cvar and f"{cvar}_l" in text
-                        else f"{var} = {text}")
-                return var
-            return text
-
-        def ref_text(ref: BufRef) -> str:
-            e = ref.ix
-            if chunk is not None and e.affine and e.coefs[chunk[0]] > 0:
-                c = e.coefs[chunk[0]]
-                rest = ix.Ix(tuple(0 if d == chunk[0] else k for d, k in enumerate(e.coefs)), e.const)
-                if ix.bounds(rest, sizes)[0] >= 0:  # as for split below: no negative index into the slice
-                    name = f"{ref.buf}_b{c if c != 1 else ''}"
-                    slices.setdefault(name, f"{name} = {ref.buf}[{chunk[1]}{f' * {c}' if c != 1 else ''}:]")
-                    return f"{name}[{index_text(e, lnames)}]"
-            if split is not None and e.affine and e.coefs[split[0]] > 0:
-                axis, outer, inner = split
-                c = e.coefs[axis]
-                rest = ix.Ix(tuple(0 if d == axis else k for d, k in enumerate(e.coefs)), e.const)
-                # Only where the slice start (c * outer >= 0) and the index into it (rest >= 0) are both
-                # non-negative for every element, read or not: a negative index would wrap around (a pad's
-                # guarded load, a flipped axis), so those keep the plain flat index.
-                if ix.bounds(rest, sizes)[0] < 0:
-                    return f"{ref.buf}[{index_text(e)}]"
-                name = f"{ref.buf}_s{c if c != 1 else ''}"
-                slices.setdefault(name, f"{name} = {ref.buf}[{outer}{f' * {c}' if c != 1 else ''}:]")
-                text = rest.render(names)
-                if inner is not None:
-                    term = inner if c == 1 else f"{inner} * {c}"
-                    text = term if text == "0" else f"{term} + {text}"
-                return f"{name}[{text}]"
-            return f"{ref.buf}[{index_text(e)}]"
-
-        def part_text(pt) -> str:
-            if isinstance(pt, str):
-                return pt
-            if isinstance(pt, BufRef):
-                return ref_text(pt)
-            return pt.render(names) if isinstance(pt, ix.Cond) else index_text(pt)
-
-        for st in loop.stmts:
-            text = "".join(part_text(pt) for pt in st.parts)
-            if st.comment:
-                text += f"  # {st.comment}"
-            put(depth_of(st.dims), text)
-        pre: list[str] = []
-        accs: list[tuple[str, str, Node, str, str]] = []  # (acc, init, reduce node, value, output element)
-        for r, v in reds:
-            buf = self.names[id(r)]
-            init = self.consts.get(init_value(r.op, r.dtype), r.dtype)
-            target = ref_text(BufRef(buf, out_idx[id(r)]))
-            if vector_mode and chunk is not None:  # this block's part of the output: the reduce keeps the axis
-                assert out_idx[id(r)] == ix.var(chunk[0], loop.nd, sizes[chunk[0]]), "block of a reduce output"
-                pre.append(f"{buf}[{chunk[1]}:{chunk[2]}] = {init}  # init {node_label(r, self.num)}")
-            elif vector_mode:
-                pre.append(f"{buf}[:] = {init}  # init {node_label(r, self.num)}")
-            accs.append((self.fresh("acc"), init, r, v.text, target))
-        if split is not None and split[2] is None:  # sliced at the prange variable: first thing in its body
-            by_depth[1] = list(slices.values()) + by_depth.get(1, [])
-        if chunk is not None:
-            by_depth[0] = list(slices.values()) + by_depth.get(0, [])
-            texts = [t for d, ts in by_depth.items() if d > cpos for t in ts] + [a[3] + a[4] for a in accs]
-            if any(re.search(rf"\b{cvar}\b", t) for t in texts):
-                by_depth[cpos + 1] = [global_def] + by_depth.get(cpos + 1, [])
-        lines = list(pre)
-
-        def finish(indent: str) -> None:
-            for acc, _, r, _, target in accs:
-                val = combine(r.op, r.dtype, target, acc) if vector_mode else acc
-                lines.append(f"{indent}{target} = {val}  # {node_label(r, self.num)}")
-
-        def emit(depth: int, indent: str) -> None:
-            for text in by_depth.get(depth, []):
-                lines.append(indent + text)
-            if depth == t and accs and t < ng:
-                for acc, init, *_ in accs:
-                    lines.append(f"{indent}{acc} = {init}")
-                if blocked_red:
-                    emit_blocks(indent)
-                    finish(indent)
-                    return
-            if depth == 0 and par_chunks:
-                emit_chunks(indent)
-            elif depth < ng:
-                var = f"i{groups[depth][0]}" + ("_l" if depth == cpos else "")
-                rng = "prange" if depth == 0 and par_outer else "range"
-                lines.append(f"{indent}for {var} in {rng}({gsize_text[depth]}):")
-                emit(depth + 1, indent + "    ")
-            elif t == ng:  # no reduced loop inside the kept ones: accumulate straight into the output
-                for _, init, r, v, target in accs:
-                    val = combine(r.op, r.dtype, target if vector_mode else init, v)
-                    lines.append(f"{indent}{target} = {val}  # {node_label(r, self.num)}")
-            else:
-                for acc, _, r, v, _ in accs:
-                    lines.append(f"{indent}{acc} = {combine(r.op, r.dtype, acc, v)}  # accumulate")
-            if depth == t and accs and t < ng:
-                finish(indent)
-
-        def emit_chunks(indent: str) -> None:
-            var, n, k = f"i{groups[0][0]}", gsize[0], rows_per_chunk
-            inner = indent + "    "
-            lines.append(f"{indent}for {var}_b in prange({-(-n // k)}):")
-            lines.append(f"{inner}{var}_o = {var}_b * {k}")
-            lines.extend(inner + d for d in slices.values())
-            lines.append(f"{inner}for {var}_i in range(min({k}, {n} - {var}_o)):")
-            lines.append(f"{inner}    {var} = {var}_o + {var}_i")
-            emit(1, inner + "    ")
-
-        def emit_blocks(indent: str) -> None:
-            var, n = f"i{groups[t][0]}", gsize[t]
-            nb = -(-n // BLOCK)
-            inner = indent + "    "
-            if par_blocks:
-                for acc, _, r, _, _ in accs:
-                    lines.append(f"{indent}{acc}_part = np.empty({nb}, {np_type(r.dtype)})")
-            lines.append(f"{indent}for {var}_b in {'prange' if par_blocks else 'range'}({nb}):")
-            for acc, init, *_ in accs:
-                lines.append(f"{inner}{acc}_b = {init}")
-            lines.append(f"{inner}{var}_o = {var}_b * {BLOCK}")
-            if par_blocks:
-                lines.extend(inner + d for d in slices.values())
-            lines.append(f"{inner}for {var}_i in range(min({BLOCK}, {n} - {var}_o)):")
-            lines.append(f"{inner}    {var} = {var}_o + {var}_i")
-            for text in by_depth.get(t + 1, []):
-                lines.append(inner + "    " + text)
-            for acc, _, r, v, _ in accs:
-                lines.append(f"{inner}    {acc}_b = {combine(r.op, r.dtype, acc + '_b', v)}  # accumulate")
-            for acc, _, r, _, _ in accs:
-                if par_blocks:
-                    lines.append(f"{inner}{acc}_part[{var}_b] = {acc}_b")
-                else:
-                    lines.append(f"{inner}{acc} = {combine(r.op, r.dtype, acc, acc + '_b')}")
-            if par_blocks:
-                lines.append(f"{indent}for {var}_b in range({nb}):")
-                for acc, _, r, _, _ in accs:
-                    lines.append(f"{indent}    {acc} = {combine(r.op, r.dtype, acc, acc + '_part[' + var + '_b]')}")
-
-        emit(0, "")
-        return lines
+        """The loop nest's lines (cpu_nest.Nest; chunk: run one block of an axis, see there)."""
+        reduced_axes = set(k.axes) if k is not None and reds else set()
+        return Nest(self, loop, reduced_axes, reds, parallel, chunk).render()
 
 
 def _index_for(idx: tuple, domain: tuple[int, ...], shape: tuple[int, ...]) -> tuple:
     """The loop index as an index of a node whose shape differs from the domain only by size-1 axes."""
     return idx if shape == domain else ix.reshape_index(idx, domain, shape, domain)
-
-
-def _prod(xs) -> int:
-    n = 1
-    for x in xs:
-        n *= x
-    return n
 
 
 def _gemm_import(body: str) -> str:
