@@ -16,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,7 @@ class MNIST:
     # Pixel statistics of the training set (after /255), for standardization.
     mean: float = 0.1307
     std: float = 0.3081
+    num_classes: int = 10
     extra_dirs: tuple[str, ...] = ()
 
     files = {
@@ -196,6 +197,14 @@ class MNIST:
             raise ValueError(f"{paths[0]}: expected uint8 N x 28 x 28 images, got {images.dtype} {images.shape}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise ValueError(f"{paths[1]}: expected {len(images)} labels, got shape {labels.shape}")
+        # Float labels would be truncated by astype, and a class outside 0..9 only fails (or silently matches no
+        # column) far away in the loss: a corrupt labels file is reported here, naming it.
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"{paths[1]}: expected integer class labels, got {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)]
+            raise ValueError(f"{paths[1]}: labels must be classes 0..{self.num_classes - 1}, found {bad.size} "
+                             f"outside (e.g. {int(bad[0])})")
         self.images: np.ndarray = images
         self.labels: np.ndarray = labels.astype(np.int64)
 
@@ -319,13 +328,30 @@ class DataLoader:
                             f"{batch_size!r}")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        # Checked now, not at the first shuffled epoch: int("a") there, and int(1.5) silently seeding with 1.
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+            raise TypeError(f"DataLoader: seed must be None or a non-negative int, got {type(seed).__name__} "
+                            f"{seed!r}")
         if hasattr(data, "arrays"):
             arrays: Sequence[Any] = data.arrays()
         elif isinstance(data, np.ndarray):
             arrays = (data,)
+        elif isinstance(data, (Mapping, str, bytes)):
+            raise TypeError(f"DataLoader: data must be a dataset with .arrays(), an array or a tuple of arrays, "
+                            f"got a {type(data).__name__}")
+        elif isinstance(data, list) and data and all(isinstance(e, tuple) for e in data):
+            # torch's list-of-samples [(x0, y0), (x1, y1), ...] would be read as arrays x0-and-y0, x1-and-y1: the
+            # batches come out transposed, silently when the samples are scalars
+            raise TypeError(f"DataLoader: got a list of {len(data)} tuples, which looks like a list of samples; "
+                            "pass one array per field instead, e.g. (xs, ys) = (np.stack([x for x, _ in samples]), "
+                            "np.array([y for _, y in samples]))")
         else:
-            arrays = tuple(data)
-        self.arrays = tuple(self._prepare(a) for a in arrays)
+            try:
+                arrays = tuple(data)
+            except TypeError as e:
+                raise TypeError(f"DataLoader: data must be a dataset with .arrays(), an array or a tuple of arrays, "
+                                f"got a {type(data).__name__}") from e
+        self.arrays = tuple(self._prepare(a, numpy) for a in arrays)
         if not self.arrays:
             raise ValueError("DataLoader needs at least one array")
         lengths = {len(a) for a in self.arrays}
@@ -337,10 +363,14 @@ class DataLoader:
         self.epoch = 0
 
     @staticmethod
-    def _prepare(a: Any) -> np.ndarray:
+    def _prepare(a: Any, numpy: bool = False) -> np.ndarray:
         a = np.asarray(a)
         if a.ndim == 0:
             raise ValueError("DataLoader arrays need a leading batch axis")
+        if not numpy and a.dtype.kind not in "biuf":
+            # said here, not as a Tensor error at the first batch
+            raise TypeError(f"DataLoader: an array of dtype {a.dtype} {a.shape} cannot become Tensor batches "
+                            "(numeric arrays only; numpy=True yields numpy batches of any dtype)")
         if np.issubdtype(a.dtype, np.floating):
             return np.ascontiguousarray(a, dtype=np.float32)
         return np.ascontiguousarray(a)

@@ -203,6 +203,8 @@ class ProgramRecord:
 
     def timing_note(self) -> str:
         n = len(self.kernel_s) or len(self.run_s)
+        if self.backend == "numpy":  # the interpreter compiles nothing: every call counts (run_median keeps 2..n)
+            return "a single call" if n <= 1 else f"median of calls 2..{n}"
         if n <= 1:
             return "a single call: its times include JIT compilation; run more steps for steady numbers"
         return f"median of calls 2..{n} (the first one compiles)"
@@ -275,6 +277,9 @@ def dump(*tensors: Any, pending: bool = True, expand: bool = True, kernels: bool
     True: always, e.g. to see the fusion plan while running on the numpy interpreter)."""
     from . import tensor as T  # the front end sits above this module; imported late to keep the layering
 
+    bad = [t for t in tensors if not isinstance(t, Node) and not isinstance(getattr(t, "node", None), Node)]
+    if bad:
+        raise TypeError(f"dump: expected Tensors (or IR nodes), got {type(bad[0]).__name__} {bad[0]!r:.60}")
     roots = [t.node if hasattr(t, "node") else t for t in tensors]
     if pending:
         roots += [t.node for t in list(T._pending) if all(t.node is not r for r in roots)]

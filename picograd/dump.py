@@ -42,6 +42,8 @@ def _call_function(target: str, args: list[str]) -> Any:
     mod_name, fn_name = target.rsplit(":", 1)
     if mod_name.endswith(".py") or os.path.sep in mod_name:
         path = Path(mod_name).resolve()
+        if not path.is_file():  # a usage error, like a missing script, not "the target raised"
+            raise TargetNotFound(f"no such file {mod_name!r} (in {target!r})")
         sys.path.insert(0, str(path.parent))
         namespace = runpy.run_path(str(path), run_name=f"picograd_dump_{path.stem}")
     else:
@@ -66,7 +68,8 @@ def _realize_result(result: Any) -> None:
     """A function that returns lazy tensors wants them computed: that realize is the program to see."""
     from .tensor import Tensor, realize
 
-    items = result if isinstance(result, (tuple, list)) else [result]
+    items = list(result.values()) if isinstance(result, dict) else \
+        result if isinstance(result, (tuple, list)) else [result]
     tensors = [t for t in items if isinstance(t, Tensor)]
     if tensors:
         realize(*tensors)

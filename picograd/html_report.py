@@ -136,9 +136,12 @@ def _program(rec: ProgramRecord, svg: str | None, folder: str, dot_notice: bool)
             src = k.source or "# the backend gave no per-kernel source; see the program source below"
             parts.append(f'<details id="{pid}-{_e(k.name)}"><summary>{_e(k.name)} <span class=kind>{_e(k.kind)} '
                          f"[{','.join(map(str, k.shape))}]</span></summary><pre>{_e(src)}</pre></details>")
-    else:
+    elif rec.backend == "numpy":
         parts.append('<p class="kind">No kernels: this program ran on the numpy interpreter '
                      "(set PICOGRAD_BACKEND=cpu to compile it).</p>")
+    else:  # compiled, yet nothing to compute: only views of its inputs (a reshape), or outputs that are inputs
+        parts.append('<p class="kind">No kernels: every output of this program is an input or a view of '
+                     "one, so there was nothing to compute.</p>")
     parts.append(f'<h3>IR</h3><details open><summary>graph.txt</summary><pre class="ir">{_ir_html(rec.ir)}'
                  "</pre></details>")
     if rec.source:

@@ -18,6 +18,7 @@ from . import recording
 from .ir import build as B
 from .ir.node import Node, phase
 from .nn import _graph as G
+from .nn.modules import zero_grads
 from .tensor import Tensor, zeros_like
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
@@ -28,6 +29,14 @@ class Optimizer:
     state Tensors, zero_grad(), step(), state_dict()."""
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        if isinstance(params, (set, frozenset)):
+            # an unordered collection: positions (state_dict keys) would change from run to run
+            raise TypeError(f"{type(self).__name__}: params must be an ordered collection (a list), got a "
+                            f"{type(params).__name__}, whose order changes from run to run")
+        if isinstance(params, (Tensor, dict)):
+            # list() would iterate over the tensor's rows (or the dict's keys) and then blame those
+            raise TypeError(f"{type(self).__name__}: params must be an iterable of Tensors or of parameter-group "
+                            f"dicts, got a single {type(params).__name__}; wrap it in a list")
         params = list(params)
         if not params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
@@ -47,15 +56,22 @@ class Optimizer:
         A parameter may belong to one group only, and appear once in it: listed twice it would be updated twice
         per step (PyTorch refuses it too)."""
         if not isinstance(param_group, dict) or "params" not in param_group:
+            got = f"a dict with keys {sorted(param_group)}" if isinstance(param_group, dict) else \
+                type(param_group).__name__
             raise TypeError(f"{type(self).__name__}: a parameter group must be a dict with a 'params' entry, "
-                            f"got {type(param_group).__name__}")
+                            f"got {got}")
         ps = param_group["params"]
+        if isinstance(ps, (set, frozenset)):
+            raise TypeError(f"{type(self).__name__}: a group's params must be an ordered collection (a list), "
+                            f"got a {type(ps).__name__}, whose order changes from run to run")
         group = {**self.defaults, **param_group, "params": [ps] if isinstance(ps, Tensor) else list(ps)}
         for p in group["params"]:
             if not isinstance(p, Tensor) or p.dtype.kind != "f":
                 raise TypeError(f"{type(self).__name__}: parameters must be float Tensors, got "
                                 f"{getattr(p, 'dtype', type(p).__name__)}")
-            if p._rg is not True:
+            # requires_grad=False is a frozen parameter (as in torch: skipped while it has no gradient, updated
+            # again once unfrozen); the default (None) would never get its gradient realized with the step
+            if p._rg is None:
                 raise ValueError(f"{type(self).__name__}: parameter of shape {p.shape} does not have "
                                  "requires_grad=True, so its gradient would never be computed")
         ids = [id(p) for p in group["params"]]
@@ -72,8 +88,16 @@ class Optimizer:
         self.param_groups.append(group)
 
     def _check(self, group: dict[str, Any]) -> None:
+        """Every group's settings, not only the defaults: a group may override any of them."""
+        self._number(group, "lr")
         if group["lr"] < 0:
             raise ValueError(f"{type(self).__name__}: invalid learning rate {group['lr']}")
+
+    def _number(self, group: dict[str, Any], key: str) -> float:
+        v = group[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise TypeError(f"{type(self).__name__}: {key} must be a finite number, got {type(v).__name__} {v!r}")
+        return float(v)
 
     @property
     def lr(self) -> float:
@@ -86,9 +110,7 @@ class Optimizer:
             g["lr"] = float(value)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for g in self.param_groups:
-            for p in g["params"]:
-                p.grad = None
+        zero_grads(self._all_params(), set_to_none)
 
     def step(self) -> None:
         """Build the update of every parameter that has a gradient, as lazy assigns."""
@@ -147,6 +169,28 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load a state_dict() of an optimizer of the same type over the same parameters (by position). Anything
+        else raises before anything is loaded: keys this optimizer would not write (another optimizer type,
+        more groups or parameters) or a state shape that differs from its parameter's."""
+        name = type(self).__name__
+        if "steps" not in state:
+            raise KeyError(f"{name}.load_state_dict: no 'steps' entry; expected a picograd optimizer state_dict "
+                           f"(keys 'steps', 'group<j>.lr', 'param<i>.<state>'), got keys {sorted(state)[:8]}")
+        params = self._all_params()
+        known = {"steps", *(f"group{j}.lr" for j in range(len(self.param_groups)))}
+        known.update(f"param{i}.{n}" for i in range(len(params)) for n in ("step", *self._state_names()))
+        unexpected = sorted(k for k in state if k not in known)
+        if unexpected:
+            raise ValueError(f"{name}.load_state_dict: unexpected keys {unexpected[:8]}: the checkpoint is of "
+                             f"another optimizer type or of more parameter groups or parameters (this one has "
+                             f"{len(self.param_groups)} groups, {len(params)} parameters, state "
+                             f"{list(self._state_names())})")
+        for i, p in enumerate(params):
+            for n in self._state_names():
+                key = f"param{i}.{n}"
+                if key in state and np.shape(state[key]) != p.shape:
+                    raise ValueError(f"{name}.load_state_dict: {key} has shape {np.shape(state[key])}, "
+                                     f"parameter {i} has {p.shape}")
         self.steps = int(np.asarray(state["steps"]))
         for j, g in enumerate(self.param_groups):
             if f"group{j}.lr" in state:
@@ -202,12 +246,16 @@ class SGD(Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: momentum ({momentum}) and weight_decay ({weight_decay}) must be >= 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov))
+
+    def _check(self, group: dict[str, Any]) -> None:
+        super()._check(group)
+        momentum, dampening, wd = (self._number(group, k) for k in ("momentum", "dampening", "weight_decay"))
+        if group["nesterov"] and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
+        if momentum < 0 or wd < 0:
+            raise ValueError(f"SGD: momentum ({momentum}) and weight_decay ({wd}) must be >= 0")
 
     def _state_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if any(g["momentum"] for g in self.param_groups) else ()
@@ -241,11 +289,20 @@ class Adam(Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"{type(self).__name__}: eps ({eps}) and weight_decay ({weight_decay}) must be >= 0")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    def _check(self, group: dict[str, Any]) -> None:
+        super()._check(group)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), got {betas!r}")
+        b1, b2 = (self._number({"betas": b}, "betas") for b in betas)
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {tuple(betas)}")
+        group["betas"] = (b1, b2)
+        eps, wd = self._number(group, "eps"), self._number(group, "weight_decay")
+        if eps < 0 or wd < 0:
+            raise ValueError(f"{type(self).__name__}: eps ({eps}) and weight_decay ({wd}) must be >= 0")
 
     def _state_names(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")

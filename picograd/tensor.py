@@ -14,7 +14,7 @@ from . import eager as _eager
 from . import recording
 from .ir import build as B
 from .ir.autodiff import expand_grads
-from .ir.node import Buffer, Node, buffer_node, phase
+from .ir.node import Buffer, Node, buffer_node, make, phase
 from .ir.shape import broadcast_shapes, prod
 from .realize import realize_nodes
 from .tensor_ops import TensorOps
@@ -143,6 +143,9 @@ class Tensor(TensorOps):
             if device not in to_device:
                 raise ValueError(f"Tensor: unknown device {device!r} (available: {sorted(to_device)})")
             node = buffer_node(Buffer(to_device[device](arr), device))
+        if requires_grad and node.dtype.kind != "f":
+            raise TypeError(f"Tensor: only float tensors can require gradients, got requires_grad=True for "
+                            f"{node.dtype}{list(node.shape)} (as torch); cast it to float first")
         self.node: Node = node
         # None: a gradient is available on demand (seed behaviour); True: tracked, its gradient is
         # realized with the training step; False: never differentiated.
@@ -173,6 +176,14 @@ class Tensor(TensorOps):
 
     @requires_grad.setter
     def requires_grad(self, v: bool) -> None:
+        if v and self.dtype.kind != "f":
+            raise TypeError(f"requires_grad: only float tensors can require gradients, got "
+                            f"{self.dtype}{list(self.shape)} (as torch); cast it to float first")
+        if (self._rg is False) == bool(v):
+            # Freezing or unfreezing changes which leaves get gradients, and so the step's graph, as train()/eval()
+            # do: a jit replaying a step traced before would silently keep the old program. (None -> True, a new
+            # tensor marked inside a step, changes nothing: both are differentiated.)
+            recording.changed()
         self._rg = bool(v)
         if v and self.node.op == "buffer":
             self.node.buffer.leaf = weakref.ref(self)
@@ -190,19 +201,29 @@ class Tensor(TensorOps):
 
     # ---- in-place arithmetic: t += x updates t itself, as numpy and torch do -----------------------
     def _inplace(self, name: str, value: Any) -> Tensor:
-        if self._rg and self.dtype.kind == "f":
-            raise TypeError(f"{name}: in-place op on a tensor that requires grad (a parameter) is not supported; "
-                            f"write t.assign(t {name[2]} x) to update it (or t = t {name[2]} x for a new tensor)")
+        self._check_writable(name)
         v = value()
         if v.dtype != self.dtype or v.shape != self.shape:
             err = TypeError if v.dtype != self.dtype else ValueError
             raise err(f"{name}: the result {v.dtype}{list(v.shape)} cannot be stored in place in "
                       f"{self.dtype}{list(self.shape)} (as numpy, the dtype and shape must stay)")
+        self._set_value(v, name)
+        return self
+
+    def _check_writable(self, name: str) -> None:
+        """Refuse in-place writes that torch refuses (to a parameter) or that could not do what they do in numpy
+        and torch (to a view, whose write would not reach the tensor it views)."""
+        if self._rg and self.dtype.kind == "f":
+            how = (f"write t.assign(t {name[2]} x) to update it (or t = t {name[2]} x for a new tensor)"
+                   if name.startswith("t ") else "build the new value out of place and give it with t.assign(...)")
+            raise TypeError(f"{name}: in-place op on a tensor that requires grad (a parameter) is not supported; {how}")
+        _check_not_a_view(self, name)
+
+    def _set_value(self, v: Tensor, name: str) -> None:
         if self.node.op == "buffer" or _assigned_to(self.node) is self:
             self.assign(v)  # a leaf: it keeps its identity (and the state picograd.jit sees)
         else:
             self.node = v.node  # a computed tensor: its new value, gradients still flowing through it
-        return self
 
     def __iadd__(self, o: Any) -> Tensor:
         return self._inplace("t += x", lambda: self + o)
@@ -265,6 +286,9 @@ class Tensor(TensorOps):
         return int(self.item())
 
     def __bool__(self) -> bool:
+        if self.size != 1:
+            raise ValueError(f"bool: the truth value of a tensor of shape {self.shape} is ambiguous (only a "
+                             f"one-element tensor has one); reduce it first, e.g. (t != 0).sum() > 0")
         return bool(self.item())
 
     def tolist(self) -> Any:
@@ -273,14 +297,22 @@ class Tensor(TensorOps):
     # ---- autograd ---------------------------------------------------------------------------------
     def backward(self, gradient: Tensor | None = None) -> None:
         """Accumulate d self / d leaf into .grad of every differentiable leaf it depends on."""
-        if gradient is None and self.shape != ():
+        if gradient is None and self.size != 1:  # (one element of any shape is fine, as in torch)
             raise ValueError(
                 f"backward: called on a non-scalar tensor of shape {self.shape} without a gradient; "
                 "reduce it to a scalar (e.g. .sum()) or pass backward(gradient=...)"
             )
         if self.dtype.kind != "f":
             raise TypeError(f"backward: called on a tensor of dtype {self.dtype}; only float tensors have gradients")
-        seed = None if gradient is None else _as_node(gradient, self).node
+        if gradient is None:
+            seed = None if self.shape == () else B.const(1.0, self.dtype, self.shape)
+        elif isinstance(gradient, Tensor):
+            seed = gradient.node
+            if seed.dtype != self.dtype:
+                raise TypeError(f"backward: gradient {seed.dtype}{list(seed.shape)} has another dtype than the tensor "
+                                f"{self.dtype}{list(self.shape)}; cast it with .cast({self.dtype})")
+        else:  # host data (a list of ints too) is the tensor's dtype, as a Python scalar operand would be
+            seed = Tensor(_asarray(gradient, "backward"), dtype=self.dtype, requires_grad=False).node
         if seed is not None and seed.shape != self.shape:
             raise ValueError(f"backward: gradient shape {seed.shape} differs from tensor shape {self.shape}")
         # Placeholders only: realize() expands them into the VJP graph when it has to compile, so a
@@ -307,6 +339,7 @@ class Tensor(TensorOps):
         """Replace this tensor's value (in place, as seen by the user). Lazy: the new value is computed
         with the next realize(), in the same program as everything else pending. The tensor keeps its
         identity: it stays the leaf that gets the gradients, and the state picograd.jit reads."""
+        _check_not_a_view(self, "assign")
         v = self._assign_value(value)
         if v.shape != self.shape:
             v = v.expand(*self.shape) if broadcast_shapes("assign", v.shape, self.shape) == self.shape else v
@@ -326,10 +359,12 @@ class Tensor(TensorOps):
                 buf.leaf = weakref.ref(self)
             self.node, self._over = buffer_node(buf), None
         else:
-            node = B.unary("detach", v.node)
-            # Its own node even when another pending assign has the same value: backward() finds the tensor by it.
+            # A detach node of its own (arg "assign"), even when another pending assign has the same value or the
+            # user detached that value too: backward() finds the tensor by it, and a hash-consed v.detach() held
+            # elsewhere was taken for this tensor (its loss sent gradients here).
+            node = make("detach", (v.node,), v.node.dtype, v.node.shape, "assign")
             while (other := _assigned_to(node)) is not None and other is not self:
-                node = B.unary("detach", node)
+                node = make("detach", (node,), node.dtype, node.shape, "assign")
             self.node = node
             self._over = old if old.op == "buffer" and old.buffer is not None else None
             if not _state["eager"]:
@@ -341,11 +376,16 @@ class Tensor(TensorOps):
             _cut_history(self)
         return self
 
-    def _assign_value(self, value: Any) -> Tensor:
+    def _assign_value(self, value: Any, op: str = "assign") -> Tensor:
         """assign's value as a tensor on this tensor's device: arrays and lists are moved there, and a value
-        computed from constants alone (which has no device) is computed on the host and moved there."""
-        v = _as_node(value, self)
+        computed from constants alone (which has no device) is computed on the host and moved there. (setitem
+        keeps constants as they are: its new value reads the tensor itself, which gives the program its device.)"""
+        if not isinstance(value, (Tensor, bool, int, float, np.number, np.bool_)):
+            value = _host_value(value, self.dtype, op)
+        v = _as_node(value, self, op)
         if v.node.device == self.device or self.device == "cpu":
+            return v
+        if op == "setitem" and v.node.device is None:
             return v
         if isinstance(value, Tensor) and v.node.device is not None:
             return v  # a tensor on another device: assign refuses it
@@ -396,6 +436,20 @@ class Tensor(TensorOps):
         return dump(self, **kw)
 
 
+def _host_value(value: Any, dt: np.dtype, op: str = "assign") -> np.ndarray:
+    """Host data (lists, arrays) for assign, in the tensor's dtype where that loses nothing: ints into a float
+    tensor (as assign(1) does), floats of another width, ints that fit. Anything else is left as it is, for
+    assign's dtype check to refuse."""
+    arr = _asarray(value, op)
+    src = arr.dtype
+    if src == dt or src.kind not in "biuf":
+        return arr
+    fits = (np.can_cast(src, dt, "safe") or (src.kind in "biu" and dt.kind == "f") or src.kind == dt.kind == "f"
+            or (src.kind in "iu" and dt.kind in "iu"
+                and (arr.size == 0 or np.iinfo(dt).min <= int(arr.min()) and int(arr.max()) <= np.iinfo(dt).max)))
+    return arr.astype(dt) if fits else arr
+
+
 def _next_seed() -> np.ndarray:
     s = (_state["seed"] * 1000003 + _state["counter"] * 7919 + 12345) & 0xFFFFFFFF
     _state["counter"] += 1
@@ -415,6 +469,26 @@ def _cut_history(t: Tensor) -> None:
         buf.leaf = weakref.ref(t)
 
 
+_VIEWS = ("reshape", "permute", "expand", "slice")
+
+
+def _check_not_a_view(t: Tensor, name: str) -> None:
+    """Raise if t is a view (in numpy's and torch's terms: indexing, reshape, permute, expand) of another live
+    tensor's value. picograd tensors never share memory, so a write to t would silently miss that tensor."""
+    n, how = t.node, None
+    while n.op in _VIEWS:
+        how, n = n.op, n.srcs[0]  # (the op nearest the base names the view)
+    if n.op == "buffer":
+        base = n.buffer.owner() if n.buffer.owner is not None else None
+    else:
+        base = _assigned_to(n) if n.op == "detach" and _assigned else None
+    if base is not None and base is not t:
+        raise TypeError(f"{name}: this {t.dtype}{list(t.shape)} tensor is a view ({how or 'alias'}) of another "
+                        f"{base.dtype}{list(base.shape)} tensor; picograd tensors never share memory, so the write "
+                        f"would not reach that tensor (in numpy and torch it would): write to it instead "
+                        f"(base[idx] = v, base.assign(...)), or make a new tensor (t = t + x)")
+
+
 def _assigned_to(n: Node) -> Tensor | None:
     """The tensor whose pending assign n is, if any."""
     r = _assigned.get(id(n))
@@ -425,16 +499,29 @@ def _assigned_to(n: Node) -> Tensor | None:
 def _leaves(root: Node) -> list[Tensor]:
     """The differentiable tensors root reads the current value of: realized leaves, and tensors whose value is a
     pending assign (their gradient is w.r.t. that new value, as in eager mode, where the assign is done at once)."""
-    from .ir.node import toposort
-
-    out = []
-    for n in toposort([root]):
-        if n.dtype.kind != "f":
+    # Only leaves on a differentiable path from root: the walk stops at non-float nodes (comparisons, integer
+    # casts) and at detach(). A leaf reached only through those keeps .grad None, as in torch (a zero gradient made
+    # optimizers with momentum or weight decay update a parameter that the loss never differentiated).
+    out: list[Tensor] = []
+    seen: set[Node] = set()
+    opened: set[Node] = set()
+    stack = [root]
+    while stack:  # iterative post-order DFS (deep graphs), as ir.node.toposort's
+        n = stack.pop()
+        if n in seen:
             continue
-        if n.op == "buffer" and n.buffer.leaf is not None:
-            t = n.buffer.leaf()
-            if t is not None and t._rg is not False and t.node is n:
-                out.append(t)
+        if n not in opened:
+            opened.add(n)
+            stack.append(n)
+            if n.op != "detach":
+                stack.extend(s for s in reversed(n.srcs) if s.dtype.kind == "f" and s not in seen)
+            continue
+        seen.add(n)
+        if n.op == "buffer":
+            if n.buffer.leaf is not None:
+                t = n.buffer.leaf()
+                if t is not None and t._rg is not False and t.node is n:
+                    out.append(t)
         elif n.op == "detach" and _assigned:
             t = _assigned_to(n)
             if t is not None and t._rg is not False:
@@ -478,61 +565,93 @@ def _as_node(x: Any, like: Tensor, op: str | None = None) -> Tensor:
                                     f"tensor to a wider dtype first")
         elif isinstance(x, np.number) and np.dtype(type(x)) not in SUPPORTED_DTYPES and not isinstance(x, np.floating):
             raise TypeError(f"{op or 'operand'}: scalar of unsupported dtype {np.dtype(type(x))}")
-        return Tensor(B.const(x, dt))
+        try:
+            return Tensor(B.const(x, dt))
+        except OverflowError as e:  # a Python int beyond any float (numpy raises too)
+            raise OverflowError(f"{op or 'operand'}: Python integer {_short(x)} is too large for {dt} (the "
+                                f"{like.dtype}{list(like.shape)} tensor it meets)") from e
     arr = _asarray(x, f"{op or 'operand'} (Tensor())")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{op or 'operand'}: cannot combine a {like.dtype}{list(like.shape)} tensor with "
+                        f"{type(x).__name__} {_short(x)} (data of dtype {arr.dtype}); expected a Tensor, a number or "
+                        f"numeric array data")
     # Float data meeting a float tensor takes its width; meeting an integer tensor it stays float (float32).
     return Tensor(arr, dtype=like.dtype if arr.dtype.kind == "f" and like.dtype.kind == "f" else None)
 
 
+def _short(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
 # ---- constructors -------------------------------------------------------------------------------
-def _shape(shape: Sequence[Any]) -> tuple[int, ...]:
+def _shape(shape: Sequence[Any], op: str = "Tensor") -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    if any(not isinstance(s, (int, np.integer)) or s < 0 for s in shape):
-        raise ValueError(f"expected a shape of non-negative ints, got {shape}")
+    if any(not isinstance(s, (int, np.integer)) or isinstance(s, (bool, np.bool_)) or s < 0 for s in shape):
+        raise ValueError(f"{op}: expected a shape of non-negative ints, got {shape}")
     return tuple(int(s) for s in shape)
 
 
-def _new(arr: np.ndarray, dtype: Any, requires_grad: bool | None, device: str) -> Tensor:
+def _ctor_dtype(dtype: Any, op: str, floats_only: bool = False) -> np.dtype:
+    """The constructor's dtype (float32 by default), checked before numpy sees it."""
+    dt = FLOAT32 if dtype is None else check_dtype(dtype, op)
+    if floats_only and dt.kind != "f":
+        raise TypeError(f"{op}: random floats need a float dtype, got {dt} (as torch); cast the result instead")
+    return dt
+
+
+def _new(arr: np.ndarray, dtype: np.dtype, requires_grad: bool | None, device: str) -> Tensor:
     # the constructors make their arrays: nothing else holds them, no copy needed
-    return Tensor(arr, dtype=dtype or FLOAT32, requires_grad=requires_grad, device=device, copy=False)
+    return Tensor(arr, dtype=dtype, requires_grad=requires_grad, device=device, copy=False)
 
 
 def zeros(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
-    return _new(np.zeros(_shape(shape), dtype or FLOAT32), dtype, requires_grad, device)
+    dt = _ctor_dtype(dtype, "zeros")
+    return _new(np.zeros(_shape(shape, "zeros"), dt), dt, requires_grad, device)
 
 
 def ones(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
-    return _new(np.ones(_shape(shape), dtype or FLOAT32), dtype, requires_grad, device)
+    dt = _ctor_dtype(dtype, "ones")
+    return _new(np.ones(_shape(shape, "ones"), dt), dt, requires_grad, device)
 
 
 def full(shape: Any, value: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
-    shape = _shape((shape,) if isinstance(shape, (tuple, list)) else (shape,))
-    return _new(np.full(shape, value, dtype or FLOAT32), dtype, requires_grad, device)
+    dt = _ctor_dtype(dtype, "full")
+    shape = _shape((shape,) if isinstance(shape, (tuple, list)) else (shape,), "full")
+    return _new(np.full(shape, value, dt), dt, requires_grad, device)
 
 
-def eye(n: int, m: int | None = None, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu"):
-    return _new(np.eye(n, m, dtype=dtype or FLOAT32), dtype, requires_grad, device)
+def eye(n: int, m: int | None = None, dtype: Any = None, requires_grad: bool | None = None,
+        device: str = "cpu") -> Tensor:
+    dt = _ctor_dtype(dtype, "eye")
+    return _new(np.eye(n, m, dtype=dt), dt, requires_grad, device)
 
 
 def arange(start: Any, stop: Any = None, step: Any = 1, dtype: Any = None, requires_grad: bool | None = None,
            device: str = "cpu") -> Tensor:
     arr = np.arange(start, stop, step) if stop is not None else np.arange(start)
-    dtype = dtype or (FLOAT32 if arr.dtype.kind == "f" else np.dtype(np.int64))
+    if dtype is None:
+        dtype = FLOAT32 if arr.dtype.kind == "f" else np.dtype(np.int64)
+    else:
+        dtype = check_dtype(dtype, "arange")
     return Tensor(arr, dtype=dtype, requires_grad=requires_grad, device=device, copy=False)
 
 
 def rand(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
-    return _new(_rng[0].random(_shape(shape), dtype=np.float64), dtype, requires_grad, device)
+    dt = _ctor_dtype(dtype, "rand", floats_only=True)
+    return _new(_rng[0].random(_shape(shape, "rand"), dtype=np.float64), dt, requires_grad, device)
 
 
 def randn(*shape: Any, dtype: Any = None, requires_grad: bool | None = None, device: str = "cpu") -> Tensor:
-    return _new(_rng[0].standard_normal(_shape(shape)), dtype, requires_grad, device)
+    dt = _ctor_dtype(dtype, "randn", floats_only=True)
+    return _new(_rng[0].standard_normal(_shape(shape, "randn")), dt, requires_grad, device)
 
 
 def uniform(*shape: Any, low: float = 0.0, high: float = 1.0, dtype: Any = None, requires_grad: bool | None = None,
             device: str = "cpu") -> Tensor:
-    return _new(_rng[0].uniform(low, high, _shape(shape)), dtype, requires_grad, device)
+    dt = _ctor_dtype(dtype, "uniform", floats_only=True)
+    return _new(_rng[0].uniform(low, high, _shape(shape, "uniform")), dt, requires_grad, device)
 
 
 def _like(fn: Callable) -> Callable:

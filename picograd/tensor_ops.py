@@ -108,10 +108,22 @@ class TensorOps:
         return self._unary("neg")
 
     def __sub__(self, o: Any) -> Any:
-        return self._binary("add", -self._lift(o, "sub"), name="sub")
+        return self._sub(self._lift(o, "sub"), False)
 
     def __rsub__(self, o: Any) -> Any:
-        return (-self)._binary("add", self._lift(o, "sub"), True, name="sub")
+        return self._sub(self._lift(o, "sub"), True)
+
+    def _sub(self, o: Any, reverse: bool) -> Any:
+        """a - b as a + (-b), after promotion: a bool operand meeting a number is that number's type first (1 - mask
+        is an int, as numpy's), and only bool - bool is refused (numpy refuses it too)."""
+        a, b = (o, self) if reverse else (self, o)
+        if a.node.dtype.kind == "b" and b.node.dtype.kind == "b":
+            raise TypeError(f"sub: cannot subtract bool tensors ({a.node.dtype}{list(a.node.shape)} - {b.node.dtype}"
+                            f"{list(b.node.shape)}); use logical ops (a != b) or cast to a number first")
+        an, bn = _promote("sub", a.node, b.node)
+        a = a if an is a.node else self._make(an)
+        b = b if bn is b.node else self._make(bn)
+        return a._binary("add", -b, name="sub")
 
     def __truediv__(self, o: Any) -> Any:
         o = self._lift(o, "div")
@@ -123,8 +135,16 @@ class TensorOps:
         return self._lift(o, "div") / self
 
     def __pow__(self, o: Any) -> Any:
-        if self.node.dtype.kind in "iu" and isinstance(o, (int, np.integer)) and not isinstance(o, bool) and o >= 0:
-            return self._int_pow(int(o))
+        kind = self.node.dtype.kind
+        if kind in "iub" and isinstance(o, (int, np.integer)) and not isinstance(o, (bool, np.bool_)):
+            if o < 0:  # numpy and torch refuse it too: the result is not an integer
+                raise ValueError(f"pow: integers to negative integer powers are not allowed ({self.node.dtype}"
+                                 f"{list(self.node.shape)} ** {o}); cast the tensor to float first")
+            # a bool base counts as 0/1 in int64, as torch's (numpy's int8 would wrap at 2**7)
+            base = self if kind != "b" else self._make(B.cast(self.node, np.dtype(np.int64)))
+            return base._int_pow(int(o))
+        if kind != "f" and isinstance(o, (float, np.floating)):
+            return self.float() ** o  # a float exponent gives a float result, also for o == 2 (torch: float32)
         if isinstance(o, (int, float)) and not isinstance(o, bool):
             if o == 2:  # the common square: exact, and its gradient needs no pow
                 return self * self
@@ -134,7 +154,7 @@ class TensorOps:
                 return self.sqrt()
             if o == -1:
                 return self.reciprocal()
-        return self._binary("pow", o)
+        return self._binary("pow", self._int_pow_check(self._lift(o, "pow"), False))
 
     def _int_pow(self, k: int) -> Any:
         """An integer tensor to a non-negative integer power, in its own dtype (wrapping as numpy does): the IR's
@@ -150,7 +170,16 @@ class TensorOps:
         return self._make(B.const(1, self.node.dtype, self.node.shape)) if out is None else out
 
     def __rpow__(self, o: Any) -> Any:
-        return self._binary("pow", o, True)
+        return self._binary("pow", self._int_pow_check(self._lift(o, "pow"), True), True)
+
+    def _int_pow_check(self, o: Any, reverse: bool) -> Any:
+        """o, unless the power would be integer ** integer tensor: the IR's pow is float only, and only a scalar
+        exponent has the exact square-and-multiply form."""
+        if self.node.dtype.kind != "f" and o.node.dtype.kind != "f":
+            a, b = (o.node, self.node) if reverse else (self.node, o.node)
+            raise TypeError(f"pow: integer powers with an integer tensor exponent are not supported ({a.dtype}"
+                            f"{list(a.shape)} ** {b.dtype}{list(b.shape)}); cast the base to float first")
+        return o
 
     def exp(self) -> Any:
         return self._unary("exp")
@@ -281,9 +310,13 @@ class TensorOps:
         return self._binary("cmple", o, True, name="ge")
 
     def __eq__(self, o: Any) -> Any:  # type: ignore[override]
+        if o is None:  # t == None is False and t != None True (Python's identity fallback), as torch's
+            return NotImplemented
         return self._binary("cmpeq", o, name="eq")
 
     def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+        if o is None:
+            return NotImplemented
         return self._binary("cmpne", o, name="ne")
 
     # ---- reductions -------------------------------------------------------------------------------
@@ -331,11 +364,22 @@ class TensorOps:
         return x._reduce("reduce_sum", axes, keepdims) * (1.0 / n if n else float("nan"))
 
     def max(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
-        return self._reduce("reduce_max", self._axes("max", axis, dim), keepdims)
+        return self._reduce("reduce_max", self._nonempty_axes("max", axis, dim), keepdims)
 
     def min(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
+        axes = self._nonempty_axes("min", axis, dim)
         flipped, back = self._reverse_order()
-        return back(flipped.max(self._axes("min", axis, dim), keepdims))
+        return back(flipped.max(axes, keepdims))
+
+    def _nonempty_axes(self, op: str, axis: Any, dim: Any) -> tuple[int, ...]:
+        """The axes of a max-like reduction, which has no identity: over an empty axis it is an error (numpy's
+        too; torch's also for argmax), named after the op the user called."""
+        axes = self._axes(op, axis, dim)
+        empty = [a for a in axes if self.node.shape[a] == 0]
+        if empty:
+            raise ValueError(f"{op}: cannot reduce over axis {empty[0]} of size 0 (shape {self.node.shape}): "
+                             f"{op} of an empty sequence has no value")
+        return axes
 
     def argmax(self, axis: int | None = None, dim: int | None = None) -> Any:
         """Index of the first maximum along one axis, or into the flattened tensor when no axis is given (as
@@ -348,10 +392,14 @@ class TensorOps:
 
     def _arg(self, op: str, axis: Any, dim: Any) -> Any:
         x = self.detach()
-        if axis is None and dim is None:
+        if not x.node.shape:  # one element along axis 0 or -1, as torch's
+            x, ax = x._scalar_axis(op, axis, dim).reshape(1), 0
+        elif axis is None and dim is None:
+            self._nonempty_axes(op, None, None)
             x, ax = x.reshape(prod(x.node.shape)), 0
         else:
             ax = x._one_axis(op, axis, dim)
+            x._nonempty_axes(op, ax, None)
         n = x.node.shape[ax]
         idx = self._make(B.iota(x.node.shape, ax, np.dtype(np.int64)))
         best = x.max(ax, keepdims=True) if op == "argmax" else x.min(ax, keepdims=True)
@@ -365,6 +413,8 @@ class TensorOps:
         if not self.node.shape:  # as torch: a 0-d tensor is one element along axis -1 or 0
             return self._scalar_axis("softmax", axis, dim).reshape(1).softmax(0).reshape(())
         ax = self._one_axis("softmax", axis, dim)
+        if self.node.shape[ax] == 0:  # nothing to normalize (torch returns the empty tensor; its max would raise)
+            return self if self.node.dtype.kind == "f" else self.float()
         e = (self - self.detach().max(ax, keepdims=True)).exp()
         return e / e.sum(ax, keepdims=True)
 
@@ -372,6 +422,8 @@ class TensorOps:
         if not self.node.shape:
             return self._scalar_axis("log_softmax", axis, dim).reshape(1).log_softmax(0).reshape(())
         ax = self._one_axis("log_softmax", axis, dim)
+        if self.node.shape[ax] == 0:
+            return self if self.node.dtype.kind == "f" else self.float()
         z = self - self.detach().max(ax, keepdims=True)
         return z - z.exp().sum(ax, keepdims=True).log()
 
@@ -387,6 +439,9 @@ class TensorOps:
     def transpose(self, a: int = -2, b: int = -1) -> Any:
         n = len(self.node.shape)
         if n < 2:
+            if (a, b) != (-2, -1):  # the default swap is the identity here (as .T); a given axis must exist
+                normalize_axes("transpose", (a,), n)
+                normalize_axes("transpose", (b,), n)
             return self
         order = list(range(n))
         a, b = normalize_axes("transpose", a, n)[0], normalize_axes("transpose", b, n)[0]
@@ -403,6 +458,8 @@ class TensorOps:
             raise ValueError(f"expand: cannot expand shape {x.shape} to fewer dimensions {shape}")
         if -1 in shape[:new]:
             raise ValueError(f"expand: -1 is not allowed for the new leading dimensions in {shape} (from {x.shape})")
+        if any(s < -1 for s in shape):
+            raise ValueError(f"expand: negative size in {shape} (from {x.shape}; only -1, keep the size, is allowed)")
         full = tuple(x.shape[i - new] if s == -1 else s for i, s in enumerate(shape))
         return self._make(_broadcast_to(x, full))
 
@@ -417,6 +474,9 @@ class TensorOps:
 
     def unsqueeze(self, axis: int) -> Any:
         s = list(self.node.shape)
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise TypeError(f"unsqueeze: axis must be an int, got {type(axis).__name__} {axis!r}")
+        axis = int(axis)
         if not -len(s) - 1 <= axis <= len(s):
             raise ValueError(f"unsqueeze: axis {axis} is out of range for a tensor with {len(s)} dimension(s)")
         axis = axis % (len(s) + 1)
@@ -432,14 +492,23 @@ class TensorOps:
 
     def __getitem__(self, idx: Any) -> Any:
         """Basic indexing: ints, slices (any step), None and Ellipsis."""
+        slices, out_shape = self._index("getitem", idx)
+        return self._make(B.reshape(B.slice_(self.node, slices), out_shape))
+
+    def _index(self, op: str, idx: Any) -> tuple[list[tuple[int, int, int]], tuple[int, ...]]:
+        """A basic index as one normalized (start, stop, step) per axis, and the shape it gives (None adds 1)."""
         idx = idx if isinstance(idx, tuple) else (idx,)
         shape = self.node.shape
-        if any(not isinstance(i, (int, np.integer, slice, type(None), type(Ellipsis))) or isinstance(i, bool)
-               for i in idx):
-            raise TypeError(f"getitem: only ints, slices, None and ... are supported, got {idx!r} for shape {shape}")
+        bad = next((i for i in idx if not isinstance(i, (int, np.integer, slice, type(None), type(Ellipsis)))
+                    or isinstance(i, bool)), None)
+        if bad is not None:
+            what = (f"{type(bad).__name__} {bad.dtype}{list(bad.shape)}" if hasattr(bad, "shape") and
+                    hasattr(bad, "dtype") else f"{type(bad).__name__} {bad!r}")
+            raise TypeError(f"{op}: only ints, slices, None and ... are supported, got {what} for shape {shape} "
+                            f"(no bool masks or integer-array indices: use where(mask, x, 0) or a one-hot matmul)")
         n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
         if n_real > len(shape) or sum(1 for i in idx if i is Ellipsis) > 1:
-            raise IndexError(f"getitem: too many indices {idx!r} for shape {shape}")
+            raise IndexError(f"{op}: too many indices {idx!r} for shape {shape}")
         if Ellipsis in idx:
             k = idx.index(Ellipsis)
             idx = idx[:k] + (slice(None),) * (len(shape) - n_real) + idx[k + 1 :]
@@ -452,16 +521,48 @@ class TensorOps:
                 continue
             dim = shape[axis]
             if isinstance(i, slice):
-                s = i.indices(dim)
+                try:
+                    s = i.indices(dim)
+                except (TypeError, ValueError) as e:  # a zero step, non-integer bounds
+                    raise type(e)(f"{op}: bad slice {i!r} for axis {axis} of shape {shape}: {e}") from e
                 slices.append(s)
                 out_shape.append(len(range(*s)))
             else:
                 if not -dim <= int(i) < dim:
-                    raise IndexError(f"getitem: index {i} is out of bounds for axis {axis} with size {dim}")
+                    raise IndexError(f"{op}: index {i} is out of bounds for axis {axis} with size {dim}")
                 j = int(i) % dim
                 slices.append((j, j + 1, 1))
             axis += 1
-        return self._make(B.reshape(B.slice_(self.node, slices), tuple(out_shape)))
+        # an empty range as (0, 0, 1): e.g. (-1, -1, -1) would read as "from the last element" in a numpy slice
+        return [(0, 0, 1) if len(range(*s)) == 0 else s for s in slices], tuple(out_shape)
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        """t[idx] = v (basic indices, v broadcast to t[idx]), as numpy and torch: t takes the new value, which is
+        where(inside idx, v, t) — so gradients flow to v inside and to t's old value outside."""
+        self._check_writable("setitem")
+        slices, out_shape = self._index("setitem", idx)
+        v = self._assign_value(value, "setitem")  # host data on this tensor's device, in its dtype if lossless
+        x = self.node
+        if v.node.device is not None and x.device is not None and v.node.device != x.device:
+            raise ValueError(f"setitem: value {v.node.dtype}{list(v.node.shape)} is on device {v.node.device!r}, the "
+                             f"tensor {x.dtype}{list(x.shape)} on {x.device!r}; move it with .to({x.device!r})")
+        if v.node.dtype != x.dtype:
+            vn, _ = _promote("setitem", v.node, x)
+            if vn.dtype != x.dtype:  # as t += x: the tensor's dtype stays
+                raise TypeError(f"setitem: a {v.node.dtype}{list(v.node.shape)} value cannot be stored in "
+                                f"{x.dtype}{list(x.shape)} without a cast (as numpy's same-kind rule)")
+            v = self._make(vn)
+        region = tuple(len(range(*s)) for s in slices)
+        vshape = v.node.shape
+        while len(vshape) > len(out_shape) and vshape[0] == 1:  # leading 1s go, as numpy's
+            vshape = vshape[1:]
+        if broadcast_shapes("setitem", vshape, out_shape) != out_shape:
+            raise ValueError(f"setitem: value of shape {v.node.shape} cannot be broadcast to the indexed shape "
+                             f"{out_shape}")
+        vn = _broadcast_to(B.reshape(v.node, vshape), out_shape)
+        inside = B.pad(B.const(True, np.dtype(np.bool_), region), x.shape, tuple(slices))
+        new = B.where(inside, B.pad(B.reshape(vn, region), x.shape, tuple(slices)), x)
+        self._set_value(self._make(new), "setitem")
 
     # ---- matmul -----------------------------------------------------------------------------------
     def matmul(self, other: Any) -> Any:
@@ -510,6 +611,15 @@ class TensorOps:
         return self._where(keep, self * (1.0 / (1.0 - p)), 0.0)
 
     def _dropout_seed(self) -> Node:
+        raise NotImplementedError
+
+    def _check_writable(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _assign_value(self, value: Any, op: str = "assign") -> Any:
+        raise NotImplementedError
+
+    def _set_value(self, v: Any, name: str) -> None:
         raise NotImplementedError
 
     def float(self) -> Any:

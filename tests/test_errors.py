@@ -113,7 +113,9 @@ CASES = [
     # losses
     ("nll_target_shape", lambda: F.nll_loss(t(2, 3), Tensor([0, 1, 2])), ValueError, r"^nll_loss: .*\(2, 3\)"),
     ("mse_shapes", lambda: F.mse_loss(t(2, 3), t(4, 5)), ValueError, r"^mse_loss: .*\(4, 5\).*\(2, 3\)"),
-    ("cross_entropy_probs", lambda: F.cross_entropy(t(2, 3), Tensor([0.5, 1.0])), ValueError, r"^cross_entropy: "),
+    ("cross_entropy_probs", lambda: F.cross_entropy(t(2, 3), Tensor([0.5, 1.0])), TypeError,
+     r"^cross_entropy: class targets must be integers, got float32\[2\].*\(2, 3\)"),
+    ("cross_entropy_prob_shape", lambda: F.cross_entropy(t(2, 3), t(2, 4)), ValueError, r"^cross_entropy: "),
 ]
 
 

@@ -4,6 +4,7 @@ rate or step count leaves that program's structure (its cache key) unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -195,7 +196,7 @@ def test_state_dict_resumes_exactly(tmp_path) -> None:
 
 @pytest.mark.parametrize("call, exc, match", [
     (lambda: optim.SGD([], lr=0.1), ValueError, "SGD: got an empty parameter list"),
-    (lambda: optim.SGD([pg.Tensor(W0, requires_grad=False)], lr=0.1), ValueError, "requires_grad=True"),
+    (lambda: optim.SGD([pg.Tensor(W0)], lr=0.1), ValueError, "requires_grad=True"),
     (lambda: optim.SGD([pg.Tensor(np.arange(3))], lr=0.1), TypeError, "float Tensors, got int64"),
     (lambda: optim.SGD([pg.Tensor(W0, requires_grad=True)], lr=-1.0), ValueError, "invalid learning rate -1.0"),
     (lambda: optim.SGD([pg.Tensor(W0, requires_grad=True)], nesterov=True), ValueError, "nesterov"),
@@ -387,3 +388,38 @@ def test_a_parameter_in_two_groups_is_refused() -> None:
     pg.realize(a, b)
     np.testing.assert_allclose(a.numpy(), [-0.1, -0.1])
     np.testing.assert_allclose(b.numpy(), [-0.5, -0.5])
+
+
+@pytest.mark.parametrize("mode", ["lazy", "eager", "jit"])
+def test_a_frozen_parameter_is_skipped_then_trained_once_unfrozen(mode: str) -> None:
+    """torch's freezing pattern: an optimizer over all of model.parameters(), some set requires_grad=False. Those
+    get no gradient, so steps skip them; unfrozen, they train again (and only they count their own steps)."""
+    pg.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    first = model[0].weight
+    first.requires_grad = False
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    x = pg.Tensor(np.linspace(-1, 1, 20, dtype=np.float32).reshape(5, 4))
+    y = pg.Tensor(np.array([0, 1, 1, 0, 1]))
+
+    def step() -> pg.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = pg.jit(step) if mode == "jit" else step
+    frozen = first.numpy().copy()
+    last = model[2].weight.numpy().copy()
+    with pg.eager() if mode == "eager" else contextlib.nullcontext():
+        for _ in range(4):
+            run()
+        np.testing.assert_array_equal(first.numpy(), frozen)
+        assert first.grad is None and id(first) not in opt.param_steps
+        assert not np.array_equal(model[2].weight.numpy(), last)
+        first.requires_grad = True
+        for _ in range(2):
+            run()
+    assert not np.array_equal(first.numpy(), frozen)
+    assert opt.param_steps[id(first)] == 2 and opt.param_steps[id(model[2].weight)] == 6

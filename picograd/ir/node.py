@@ -7,6 +7,7 @@ weak table, so a graph disappears when no Tensor refers to it any more.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -81,6 +82,9 @@ class phase:
 def make(op: str, srcs: tuple[Node, ...], dtype: np.dtype, shape: tuple[int, ...], arg: Any = None) -> Node:
     """Return the unique node for this structure (no checks: use ir.build for checked construction)."""
     key = (op, srcs, dtype, shape, arg)
+    if op == ops.CONST and type(arg) is float and arg == 0 and math.copysign(1.0, arg) < 0:
+        # -0.0 == 0.0 (and hashes alike), so without this x * -0.0 found the node of x * 0.0 and lost the sign
+        key = (op, srcs, dtype, shape, arg, "-0.0")
     r = _refs.get(key)
     if r is not None:
         n = r()
@@ -166,6 +170,7 @@ def structural_key(roots: list[Node]) -> tuple[tuple, list[Node]]:
             rows.append(("in", len(inputs), n.dtype.str, n.shape, n.device))
             inputs.append(n)
         else:
-            rows.append((n.op, tuple(index[id(s)] for s in n.srcs), n.dtype.str, n.shape, n.arg))
+            arg = repr(n.arg) if n.op == ops.CONST else n.arg  # tells -0.0 from 0.0
+            rows.append((n.op, tuple(index[id(s)] for s in n.srcs), n.dtype.str, n.shape, arg))
     outs = tuple(index[id(r)] for r in roots)
     return (tuple(rows), outs), inputs

@@ -44,6 +44,9 @@ def _slice_str(s: tuple[int, int, int], size: int | None = None) -> str:
     start, stop, step = s
     if step == 1 and start == 0 and size is not None and stop == size:
         return ":"
+    if step < 0 and stop < 0:
+        # Stored as stop -1 ("past index 0"), but in Python's syntax 2:-1:-1 would read as an empty slice
+        return f"{start}::{step}"
     txt = f"{start}:{stop}"
     return txt if step == 1 else f"{txt}:{step}"
 
@@ -72,7 +75,13 @@ def literal_of(n: Node) -> str | None:
     if n.op != "const" or n.buffer is not None:
         return None
     v = n.arg
-    txt = repr(v)
+    if n.dtype.kind == "f" and not isinstance(v, bool):
+        # The value the program computes with: 1e40 is inf in f32, 16777217 is 16777216. numpy's str is the
+        # shortest text that reads back as that value.
+        with np.errstate(over="ignore"):  # the overflow to inf is what the program does too
+            txt = str(n.dtype.type(v))
+    else:
+        txt = repr(v)
     return txt if n.dtype == np.float32 or isinstance(v, bool) else f"{txt}:{dtype_str(n.dtype)}"
 
 
@@ -111,7 +120,8 @@ class GraphView:
         k = self.users.get(id(n), 0)
         parts = [f"{k} user" + ("" if k == 1 else "s")]
         if id(n) in self.outputs:
-            parts.append(f"out{self.outputs[id(n)]}")
+            # every position: dump(a + 1, a + 1) hash-conses both outputs into one node
+            parts.append(",".join(f"out{i}" for i, r in enumerate(self.roots) if r is n))
         if kernel:
             parts.append(kernel)
         return "  ".join(parts)

@@ -25,13 +25,13 @@ def normalize_axes(op: str, axis: int | Sequence[int] | None, ndim: int) -> tupl
         if isinstance(a, bool) or not hasattr(a, "__index__"):
             raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
         a = int(a)
-        if not -ndim <= a < max(ndim, 1):
+        if not -max(ndim, 1) <= a < max(ndim, 1):
             raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimension(s)")
         a = a % ndim if ndim else 0
         if a in out:
             raise ValueError(f"{op}: axis {a} repeated in {axis}")
         out.append(a)
-    # A 0-d tensor accepts axis 0 (as numpy does) but has no axis to reduce.
+    # A 0-d tensor accepts axis 0 and -1, as torch's (softmax's too), but has no axis to reduce.
     return tuple(sorted(out)) if ndim else ()
 
 

@@ -51,8 +51,25 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p). The mask comes from the
-    in-program counter RNG (seeded by picograd.manual_seed), so lazy and eager runs draw the same one."""
+    in-program counter RNG (seeded by picograd.manual_seed), so lazy and eager runs draw the same one.
+    p = 1 zeroes everything, as in PyTorch (x * 0: NaN and inf inputs give NaN there too)."""
+    p = _check_dropout_p("dropout", p)
+    if p == 1.0:  # Tensor.dropout refuses p = 1 (its 1/(1-p) scale), so that case stays here
+        if not training:
+            return x
+        if x.dtype.kind != "f":
+            raise TypeError(f"dropout: needs a float tensor, got {x.dtype}{list(x.shape)}; cast it first (.float())")
+        return x * 0.0
     return x.dropout(p, training)
+
+
+def _check_dropout_p(op: str, p: Any) -> float:
+    # bool is an int subclass: Dropout(True) is a mistake, not p = 1
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: p must be a number in [0, 1], got {type(p).__name__} {p!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p must be in [0, 1], got {p}")
+    return float(p)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -70,6 +87,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def one_hot(target: Any, num_classes: int) -> Tensor:
     """(N,) integer class indices -> (N, num_classes) float32 one-hot rows (no gradient)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"one_hot: num_classes must be a positive int, got {num_classes!r} (picograd does not "
+                         "infer it from the targets: pass it explicitly)")
     t = _index_target("one_hot", target, None, num_classes)
     return Tensor(G.class_mask(t.node, num_classes)).float()
 
@@ -95,6 +115,11 @@ def cross_entropy(input: Tensor, target: Any, weight: Tensor | None = None, redu
     zn = _shifted(x.node)
     lse = B.reshape(B.unary("log", B.reduce("reduce_sum", B.unary("exp", zn), (1,))), (x.shape[0],))
     if (target.dtype if isinstance(target, Tensor) else np.asarray(target).dtype).kind == "f":
+        if np.ndim(target) == 1 if not isinstance(target, Tensor) else target.ndim == 1:
+            # float class indices (labels that went through a float array): say that, not "shape (N,) != (N, C)"
+            dt = target.dtype if isinstance(target, Tensor) else np.asarray(target).dtype
+            raise TypeError(f"cross_entropy: class targets must be integers, got {dt}[{x.shape[0]}] (cast them with "
+                            f".astype(np.int64)); class probabilities must have the input's shape {x.shape}")
         _, p = _same_shape_target("cross_entropy", x, target)
         if weight is not None:
             p = p * _check_weight("cross_entropy", weight, x)
@@ -121,9 +146,10 @@ def binary_cross_entropy(input: Tensor, target: Any, weight: Tensor | None = Non
     _check_reduction("binary_cross_entropy", reduction)
     x, t = _same_shape_target("binary_cross_entropy", input, target, float_input=True)
     _check_probabilities("binary_cross_entropy", x)
+    _check_probabilities("binary_cross_entropy", t, "target")
     loss = -(t * _clamped_log(x) + (1.0 - t) * _clamped_log(1.0 - x))
     if weight is not None:
-        loss = loss * _as_float_tensor("binary_cross_entropy", "weight", weight, x)
+        loss = loss * _broadcast_weight("binary_cross_entropy", "weight", weight, x)
     return _reduce(loss, reduction)
 
 
@@ -134,14 +160,18 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Tensor 
     op = "binary_cross_entropy_with_logits"
     _check_reduction(op, reduction)
     x, t = _same_shape_target(op, input, target, float_input=True)
-    softplus_neg = (1.0 + (-x.abs()).exp()).log()  # log(1 + exp(-|x|)), never overflows
+    # Every kink (|x|, max(x, 0), max(-x, 0)) takes the x >= 0 side at x = 0, so their one-sided derivatives
+    # there add up to the true derivative sigmoid(x) - t. Tensor.abs/relu have derivative 0 at 0 (as torch's
+    # do), and the sum of those gave -t at x = 0 instead of 0.5 - t.
+    nonneg = x >= 0.0
+    softplus_neg = (1.0 + (-where(nonneg, x, -x)).exp()).log()  # log(1 + exp(-|x|)), never overflows
     if pos_weight is None:
-        loss = x.relu() - x * t + softplus_neg
+        loss = where(nonneg, x, 0.0) - x * t + softplus_neg
     else:
-        lw = 1.0 + (_as_float_tensor(op, "pos_weight", pos_weight, x) - 1.0) * t
-        loss = (1.0 - t) * x + lw * (softplus_neg + (-x).relu())
+        lw = 1.0 + (_broadcast_weight(op, "pos_weight", pos_weight, x) - 1.0) * t
+        loss = (1.0 - t) * x + lw * (softplus_neg + where(nonneg, 0.0, -x))
     if weight is not None:
-        loss = loss * _as_float_tensor(op, "weight", weight, x)
+        loss = loss * _broadcast_weight(op, "weight", weight, x)
     return _reduce(loss, reduction)
 
 
@@ -229,6 +259,17 @@ def _as_float_tensor(op: str, name: str, w: Any, x: Tensor) -> Tensor:
     return w if w.dtype == x.dtype else w.cast(x.dtype)
 
 
+def _broadcast_weight(op: str, name: str, w: Any, x: Tensor) -> Tensor:
+    """An elementwise weight that must broadcast to x's shape without changing it (a bigger weight would
+    silently make the loss bigger than the batch)."""
+    w = _as_float_tensor(op, name, w, x)
+    shape = tuple(w.shape)
+    ok = len(shape) <= x.ndim and all(s in (1, d) for s, d in zip(reversed(shape), reversed(x.shape)))
+    if not ok:
+        raise ValueError(f"{op}: {name} of shape {shape} does not broadcast to the input's shape {x.shape}")
+    return w
+
+
 def _check_weight(op: str, weight: Any, x: Tensor) -> Tensor:
     """A per-class weight: shape (C,), given as a Tensor, array or list; cast to x's dtype."""
     shape = weight.shape if isinstance(weight, Tensor) else np.shape(weight)
@@ -238,17 +279,18 @@ def _check_weight(op: str, weight: Any, x: Tensor) -> Tensor:
     return _as_float_tensor(op, "weight", weight, x)
 
 
-def _check_probabilities(op: str, x: Tensor) -> None:
-    """BCE's input must lie in [0, 1] (as PyTorch checks). Checked only where the values are already on the host
-    (a realized tensor: eager mode, or a Tensor made from an array); a lazy input (say, a sigmoid output) would
-    have to be realized first, a host sync per step, so it is not checked. NaN passes."""
+def _check_probabilities(op: str, x: Tensor, what: str = "input") -> None:
+    """BCE's input and target must lie in [0, 1] (as PyTorch checks). Checked only where the values are already on
+    the host (a realized tensor: eager mode, or a Tensor made from an array); a lazy input (say, a sigmoid output)
+    would have to be realized first, a host sync per step, so it is not checked. NaN passes."""
     buf = x.node.buffer
     if buf is None or not isinstance(buf.data, np.ndarray) or buf.data.size == 0:
         return
     lo, hi = buf.data.min(), buf.data.max()
     if lo < 0 or hi > 1:
-        raise ValueError(f"{op}: input values must be probabilities between 0 and 1, got values in "
-                         f"[{float(lo):g}, {float(hi):g}] (for logits use binary_cross_entropy_with_logits)")
+        hint = " (for logits use binary_cross_entropy_with_logits)" if what == "input" else ""
+        raise ValueError(f"{op}: {what} values must be probabilities between 0 and 1, got values in "
+                         f"[{float(lo):g}, {float(hi):g}]{hint}")
 
 
 def _weighted(op: str, loss: Tensor, mask: Node, weight: Tensor | None, x: Tensor, reduction: str) -> Tensor:

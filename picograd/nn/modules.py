@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import weakref
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -50,25 +51,59 @@ class Module:
         kinds = self.__dict__.get("_kinds")
         if kinds is None:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
-        kinds.pop(name, None)
+        if name == "training" and self.__dict__.get("training") != value:
+            recording.changed()  # `m.training = False` is eval() too (torch allows it): picograd.jit traces again
         if isinstance(value, Module):
-            kinds[name] = "module"
+            kind: str | None = "module"
         elif isinstance(value, Tensor):
-            kinds[name] = "param" if value._rg is True else "buffer"
+            kind = "param" if value._rg is True else "buffer"
+        else:
+            # None keeps a registered name (skipped while None), as torch does; anything else unregisters it
+            kind = kinds.get(name) if value is None else None
+        if kind is None:
+            kinds.pop(name, None)
+        else:
+            # Set in place: a replaced parameter keeps its position, as in torch, so parameters() (hence an
+            # optimizer's state_dict, keyed by position) and state_dict() keep their order.
+            kinds[name] = kind
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
         self._kinds.pop(name, None)
         object.__delattr__(self, name)
 
-    def register_buffer(self, name: str, t: Tensor) -> None:
-        """Persistent, non-trainable state (saved in state_dict, moved by to())."""
+    def _check_name(self, what: str, name: Any) -> None:
+        # A dot would make state_dict keys ambiguous ("a.b" could be submodule a's b); an attribute that is
+        # not registered (a method, `training`) would be shadowed or clobbered.
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"{type(self).__name__}.{what}: name must be a non-empty str without '.', got {name!r}")
+        if name not in self._kinds and (name in self.__dict__ or hasattr(type(self), name)):
+            raise KeyError(f"{type(self).__name__}.{what}: attribute {name!r} already exists and is not a "
+                           "parameter or buffer")
+
+    def register_buffer(self, name: str, t: Tensor | None) -> None:
+        """Persistent, non-trainable state (saved in state_dict, moved by to()). None reserves the name, as in
+        PyTorch: it is skipped by buffers() and state_dict() until a Tensor is assigned."""
+        self._check_name("register_buffer", name)
+        if t is not None and not isinstance(t, Tensor):
+            raise TypeError(f"{type(self).__name__}.register_buffer: {name} must be a Tensor or None, got "
+                            f"{type(t).__name__} (wrap an array with picograd.Tensor)")
         setattr(self, name, t)
         self._kinds[name] = "buffer"
 
-    def register_parameter(self, name: str, t: Tensor) -> None:
-        t.requires_grad = True
+    def register_parameter(self, name: str, t: Tensor | None) -> None:
+        """A trainable tensor (requires_grad is set); None reserves the name, skipped by parameters()."""
+        self._check_name("register_parameter", name)
+        if t is not None:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{type(self).__name__}.register_parameter: {name} must be a Tensor or None, got "
+                                f"{type(t).__name__}")
+            if t.dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}.register_parameter: {name} is {t.dtype}{list(t.shape)}; "
+                                "only float tensors can have gradients (cast it with .float())")
+            t.requires_grad = True
         setattr(self, name, t)
+        self._kinds[name] = "param"
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
@@ -78,7 +113,7 @@ class Module:
 
     # ---- traversal --------------------------------------------------------------------------------
     def _named(self, kind: str) -> Iterator[tuple[str, Any]]:
-        return ((n, self.__dict__[n]) for n, k in self._kinds.items() if k == kind)
+        return ((n, v) for n, k in self._kinds.items() if k == kind and (v := self.__dict__[n]) is not None)
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
         return self._named("module")
@@ -86,10 +121,21 @@ class Module:
     def children(self) -> Iterator[Module]:
         return (m for _, m in self.named_children())
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
-        yield prefix, self
-        for name, m in self.named_children():
-            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+    def named_modules(self, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Module]]:
+        """self and every submodule, depth first. A module reachable twice (shared) is listed once, under its
+        first name, as in torch (remove_duplicate=False lists it under every name)."""
+        seen: set[int] | None = set() if remove_duplicate else None
+
+        def walk(m: Module, prefix: str) -> Iterator[tuple[str, Module]]:
+            if seen is not None:
+                if id(m) in seen:
+                    return
+                seen.add(id(m))
+            yield prefix, m
+            for name, child in m.named_children():
+                yield from walk(child, f"{prefix}.{name}" if prefix else name)
+
+        return walk(self, prefix)
 
     def modules(self) -> Iterator[Module]:
         return (m for _, m in self.named_modules())
@@ -99,7 +145,7 @@ class Module:
         for prefix, m in self.named_modules():
             for name, k in m._kinds.items():
                 t = m.__dict__[name]
-                if k in kinds and id(t) not in seen:
+                if k in kinds and isinstance(t, Tensor) and id(t) not in seen:  # None: a reserved name
                     seen.add(id(t))
                     yield (f"{prefix}.{name}" if prefix else name), t
 
@@ -138,7 +184,14 @@ class Module:
             if name not in own:
                 continue
             t, v = own[name], state[name]
-            arr = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+            try:
+                arr = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"load_state_dict: {name} is a {type(v).__name__} in the checkpoint, not an "
+                                f"array ({e}); expected {t.dtype}{list(t.shape)}") from e
+            if arr.dtype.kind not in "biuf":  # None, strings, objects; complex would drop its imaginary part
+                raise TypeError(f"load_state_dict: {name} is a {type(v).__name__} of dtype {arr.dtype} in the "
+                                f"checkpoint; expected a numeric array {t.dtype}{list(t.shape)}")
             if arr.shape != t.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {arr.shape} in the checkpoint, "
                                  f"{t.shape} in the model")
@@ -152,6 +205,8 @@ class Module:
         return missing, unexpected
 
     def train(self, mode: bool = True) -> Module:
+        if not isinstance(mode, (bool, np.bool_)):  # train("no") would be truthy: training on
+            raise TypeError(f"{type(self).__name__}.train: mode must be a bool, got {type(mode).__name__} {mode!r}")
         for m in self.modules():
             if m.training != bool(mode):
                 recording.changed()  # the graphs it builds change (dropout): picograd.jit traces again
@@ -168,9 +223,8 @@ class Module:
                 _set_data(t, t.numpy(), device)
         return self
 
-    def zero_grad(self) -> None:
-        for p in self.parameters():
-            p.grad = None
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        zero_grads(self.parameters(), set_to_none)
 
     def __repr__(self) -> str:
         lines = [f"  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self.named_children()]
@@ -183,18 +237,48 @@ class Module:
         return ""
 
 
+def zero_grads(params: Iterable[Tensor], set_to_none: bool = True) -> None:
+    """Clear the gradients: None (the default), or with set_to_none=False zeros for those that have one, as in
+    PyTorch (an optimizer then still updates such a parameter: momentum and weight decay act on a zero gradient)."""
+    for p in params:
+        if set_to_none or p.grad is None:
+            p.grad = None
+        else:
+            p.grad = _tensor.zeros_like(p, requires_grad=False)
+
+
 def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write name -> array (a state_dict) as an uncompressed .npz: plain arrays, no pickle. The file is written
     at exactly `path`, whatever its suffix (np.savez given a name would append ".npz" to "model.pt")."""
-    arrays = {k: (v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in state.items()}
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    arrays = {}
+    for k, v in state.items():
+        if not isinstance(k, str) or not k:
+            raise TypeError(f"save: keys must be non-empty strs, got {type(k).__name__} {k!r}")
+        arr = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+        if arr.dtype.hasobject or arr.dtype.kind not in "biufc":
+            # np.savez would pickle it, and load() (allow_pickle=False) could never read the file back
+            raise TypeError(f"save: {k} is a {type(v).__name__} of dtype {arr.dtype}; only numeric arrays are saved")
+        arrays[k] = arr
+    # Written entry by entry rather than np.savez(f, **arrays): keys such as "file" or "allow_pickle" would be
+    # taken as np.savez's own arguments (the second one silently dropped from the file).
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for k, arr in arrays.items():
+            with z.open(k + ".npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.asanyarray(arr), allow_pickle=False)
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read a file written by save() (an .npz archive, at whatever path it was given); refuses pickled objects."""
-    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # np.load would try it as a pickle and blame allow_pickle
+            raise ValueError(f"load: {os.fspath(path)} is not a checkpoint written by picograd.nn.save "
+                             "(an .npz archive of arrays)")
+        fh.seek(0)
+        try:
+            with np.load(fh, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except ValueError as e:
+            raise ValueError(f"load: {os.fspath(path)}: {e}") from e
 
 
 # ---- layers -------------------------------------------------------------------------------------
@@ -204,6 +288,9 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: str = "cpu") -> None:
         super().__init__()
+        for name, n in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise ValueError(f"Linear: {name} must be a non-negative int, got {type(n).__name__} {n!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
         self.weight = _tensor.uniform(out_features, in_features, low=-bound, high=bound, requires_grad=True,
@@ -223,9 +310,14 @@ class _Container(Module):
 
     def __getitem__(self, i: int | slice) -> Any:
         """The i-th submodule; a slice gives a container of the same type holding those submodules."""
+        children = list(self.children())
         if isinstance(i, slice):
-            return type(self)._from_modules(list(self.children())[i])
-        return list(self.children())[i]
+            return type(self)._from_modules(children[i])
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{type(self).__name__}: indices must be ints or slices, got {type(i).__name__} {i!r}")
+        if not -len(children) <= i < len(children):
+            raise IndexError(f"{type(self).__name__}: index {i} is out of range for {len(children)} modules")
+        return children[i]
 
     @classmethod
     def _from_modules(cls, modules: list[Module]) -> _Container:
@@ -265,7 +357,8 @@ class ModuleList(_Container):
     def append(self, m: Module) -> ModuleList:
         if not isinstance(m, Module):
             raise TypeError(f"ModuleList.append: got a {type(m).__name__}, not a Module")
-        setattr(self, str(len(self)), m)
+        # counted with names set to None (still registered), so an append never overwrites a module
+        setattr(self, str(sum(k == "module" for k in self._kinds.values())), m)
         return self
 
 
@@ -281,6 +374,9 @@ class Flatten(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class ReLU(Module):
@@ -318,6 +414,9 @@ class Softmax(Module):
     def forward(self, x: Tensor) -> Tensor:
         return x.softmax(self.dim)
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
 
 class LogSoftmax(Module):
     def __init__(self, dim: int = -1) -> None:
@@ -327,18 +426,19 @@ class LogSoftmax(Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.log_softmax(x, self.dim)
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
 
 class Dropout(Module):
     """Active in train(), the identity in eval(). The mask is drawn inside the compiled program."""
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = F._check_dropout_p("Dropout", p)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.dropout(self.p, self.training)
+        return F.dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
