@@ -232,7 +232,20 @@ def check_misc() -> dict[str, str]:
         (rec,) = cap.programs
         assert rec.kernels and "cuda" in rec.source and rec.calls == 2 and rec.hits == 1, rec
 
+    def empty_batch() -> None:  # a Linear layer and its gradients on a batch of no rows
+        x = Tensor(np.ones((0, 3), np.float32), device="cuda", requires_grad=True)
+        w = Tensor(np.arange(12, dtype=np.float32).reshape(3, 4), device="cuda", requires_grad=True)
+        b = Tensor(np.ones(4, np.float32), device="cuda", requires_grad=True)
+        out = (x @ w + b).relu()
+        (out * 2).sum().backward()
+        pg.realize(out, w.grad, b.grad)
+        assert out.numpy().shape == (0, 4)
+        np.testing.assert_array_equal(w.grad.numpy(), np.zeros((3, 4), np.float32))
+        np.testing.assert_array_equal(b.grad.numpy(), np.zeros(4, np.float32))
+        np.testing.assert_array_equal((x @ w).sum(axis=0).numpy(), np.zeros(4, np.float32))
+
     case("matmul_tiles", tiles)
+    case("empty_batch", empty_batch)
     case("inspection", inspection)
     case("small_ints", small_ints)
     case("long_reductions", long_reductions)

@@ -4,7 +4,8 @@ chains; their values and the gradients of a random weighting of them, compiled, 
 
 Several graphs share one realize (one program per example), so a CI run checks >= 200 graphs while compiling
 a quarter as many programs. PICOGRAD_RANDOM_GRAPHS sets the number of graphs (e.g. 2000 for a long run),
-PICOGRAD_PARALLEL_EXAMPLES the examples of the variant that renders every kernel as a parallel one."""
+PICOGRAD_PARALLEL_EXAMPLES the examples of the variant that renders every kernel as a parallel one.
+recipes(wide=True) draws wider graphs (sizes, dtypes, more ops) for the CUDA fuzzer, tests/test_cuda_random.py."""
 
 from __future__ import annotations
 
@@ -25,18 +26,45 @@ CHECKED = {"graphs": 0}
 UNARY = ["neg", "exp_tanh", "log1p_abs", "sqrt_abs", "sin", "cos", "tanh", "relu", "sigmoid", "recip"]
 BINARY = ["add", "sub", "mul", "maximum", "minimum", "where_gt", "div"]
 OPS = UNARY + BINARY + ["sum", "max", "mean", "permute", "reshape", "expand", "slice", "matmul", "flip"]
+# recipes(wide=True), for backends whose bugs hide in sizes and dtypes (the CUDA fuzzer: tests/test_cuda_random.py):
+# dimensions that straddle tiles and thread blocks (or are empty), integer and bool inputs, and these ops too.
+WIDE_DIMS = (0, 1, 1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 31, 33, 40, 65, 100)
+WIDE_DTYPES = ("float32",) * 5 + ("int32", "int8", "uint8", "int64", "bool")
+WIDE_OPS = ["cast", "cmp", "argmax", "softmax", "dropout", "matmul2", "int_pow", "abs", "clip", "pow", "min"]
+WIDE_CHOICES = OPS + WIDE_OPS + ["matmul2"] * 3 + ["sum", "max"]  # matmuls need operands that line up: more tries
+WIDE_ELEMENTS = int(os.environ.get("PICOGRAD_RANDOM_ELEMENTS", "600"))  # per input: the CUDA simulator is slow
+
+
+def _wide_base(draw, rank: int) -> tuple[int, ...]:
+    """A shape over WIDE_DIMS with at most WIDE_ELEMENTS elements (the biggest axes shrink to fit)."""
+    dims = [draw(st.sampled_from(WIDE_DIMS)) for _ in range(rank)]
+    while int(np.prod(dims)) > WIDE_ELEMENTS:
+        k = int(np.argmax(dims))
+        dims[k] = max(1, dims[k] // 2)
+    return tuple(dims)
+
+
+def _dummy(shape: tuple[int, ...], dtype: str) -> Tensor:
+    return Tensor(np.zeros(shape, dtype), dtype=dtype)
 
 
 @st.composite
-def recipes(draw) -> dict:
-    """A graph as data (replayable lazily and eagerly): input shapes, then steps over earlier values."""
+def recipes(draw, wide: bool = False) -> dict:
+    """A graph as data (replayable lazily and eagerly): input shapes, then steps over earlier values.
+
+    wide=True: see WIDE_DIMS; each step is also applied eagerly to zeros of the right shape and dtype, which
+    gives its result's shape and dtype and drops the steps picograd refuses (a max over an empty axis, a
+    matmul of ints)."""
     rank = draw(st.integers(1, 3))
-    base = tuple(draw(st.integers(1, 5)) for _ in range(rank))
+    base = _wide_base(draw, rank) if wide else tuple(draw(st.integers(1, 5)) for _ in range(rank))
     shapes = [base] + [tuple(1 if draw(st.booleans()) else s for s in base) for _ in range(draw(st.integers(0, 2)))]
+    dtypes = [draw(st.sampled_from(WIDE_DTYPES)) for _ in shapes] if wide else ["float32"] * len(shapes)
     steps = []
     avail = [s for s in shapes]
-    for _ in range(draw(st.integers(1, 7))):
-        op = draw(st.sampled_from(OPS))
+    with pg.eager(True):
+        dummies = [_dummy(s, d) for s, d in zip(shapes, dtypes, strict=True)] if wide else []
+    for _ in range(draw(st.integers(1, 10 if wide else 7))):
+        op = draw(st.sampled_from(WIDE_CHOICES if wide else OPS))
         i = draw(st.integers(0, len(avail) - 1))
         shape = avail[i]
         arg: object = None
@@ -60,7 +88,7 @@ def recipes(draw) -> dict:
             out = tuple(shape[p] for p in arg)
         elif op == "reshape":
             n = int(np.prod(shape))
-            divs = [d for d in range(1, n + 1) if n % d == 0]
+            divs = [d for d in range(1, n + 1) if n % d == 0] or [1]  # (n == 0: wide shapes may be empty)
             d = draw(st.sampled_from(divs))
             arg = draw(st.sampled_from([(n,), (d, n // d), (n // d, 1, d)]))
             out = arg
@@ -77,7 +105,7 @@ def recipes(draw) -> dict:
             if op == "flip":
                 sl = (ax, None, None, -1)
             else:
-                start = draw(st.integers(-n, n - 1))
+                start = draw(st.integers(-n, n - 1) if n else st.just(0))
                 stop = draw(st.one_of(st.none(), st.integers(-n, n)))
                 step = draw(st.sampled_from([1, 2, 3, -1, -2]))
                 sl = (ax, start, stop, step)
@@ -85,21 +113,65 @@ def recipes(draw) -> dict:
             out = list(shape)
             out[ax] = len(range(*slice(*sl[1:]).indices(n)))
             out = tuple(out)
-            if 0 in out:
+            if 0 in out and not wide:
                 continue
         elif op == "matmul":
             if len(shape) != 2:
                 continue
             arg = draw(st.booleans())  # x @ x.T or x.T @ x
             out = (shape[0], shape[0]) if arg else (shape[1], shape[1])
+        elif op in WIDE_OPS:
+            arg = _wide_arg(draw, op, shape, avail)
+            if arg is None:
+                continue
+            out = shape  # (the dummy run below gives the real one)
         else:
             out = shape
+        if wide:
+            try:
+                with pg.eager(True), np.errstate(all="ignore"):
+                    d = apply(op, dummies[i], arg, dummies)
+            except (TypeError, ValueError):
+                continue
+            dummies.append(d)
+            out = d.shape
         steps.append((op, i, arg))
         avail.append(out)
-    return {"shapes": shapes, "steps": steps, "n_out": draw(st.integers(1, 3)), "seed": draw(st.integers(0, 2**16))}
+    recipe = {"shapes": shapes, "steps": steps, "n_out": draw(st.integers(1, 3)), "seed": draw(st.integers(0, 2**16))}
+    if wide:
+        recipe["dtypes"] = dtypes
+    return recipe
+
+
+def _wide_arg(draw, op: str, shape: tuple[int, ...], avail: list[tuple[int, ...]]) -> object:
+    """The argument of a WIDE_OPS step on a value of this shape (None: not applicable)."""
+    if op == "cast":
+        return draw(st.sampled_from(["float32", "int32", "int8", "uint8", "int64", "bool"]))
+    if op == "cmp":
+        j = draw(st.integers(0, len(avail) - 1))
+        return (j, draw(st.sampled_from(["lt", "le", "eq", "ne"])))
+    if op in ("argmax", "softmax"):
+        return draw(st.integers(0, len(shape) - 1)) if shape else None
+    if op == "dropout":
+        return draw(st.sampled_from([0.25, 0.5]))
+    if op == "matmul2":  # x @ y or x @ swap(y) for any y that lines up: batched, vectors, tile edges
+        fits = [(j, False) for j, s in enumerate(avail) if shape and s and s[0 if len(s) == 1 else -2] == shape[-1]]
+        fits += [(j, True) for j, s in enumerate(avail) if shape and len(s) >= 2 and s[-1] == shape[-1]]
+        return draw(st.sampled_from(fits)) if fits else None
+    if op == "pow":
+        return draw(st.integers(0, len(avail) - 1))
+    if op == "min":
+        return tuple(sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1)))) if shape else None
+    if op == "int_pow":  # (not 0: x ** 0 is a constant, which has no device; see the note in test_cuda_random.py)
+        return draw(st.integers(1, 3))
+    if op == "clip":
+        return draw(st.sampled_from([(-0.5, 0.5), (0, None), (None, 1)]))
+    return 0  # abs
 
 
 def apply(op: str, x: Tensor, arg: object, vals: list[Tensor]) -> Tensor:
+    if op in WIDE_OPS:
+        return _apply_wide(op, x, arg, vals)
     if op == "neg":
         return -x
     if op == "exp_tanh":
@@ -146,23 +218,69 @@ def apply(op: str, x: Tensor, arg: object, vals: list[Tensor]) -> Tensor:
     raise AssertionError(op)
 
 
-def replay(recipe: dict, eager: bool) -> list[np.ndarray]:
-    """Build the graph, weight the last n_out values randomly, differentiate; return values and gradients."""
+def _apply_wide(op: str, x: Tensor, arg: object, vals: list[Tensor]) -> Tensor:
+    if op == "cast":
+        if x.dtype.kind == "f" and arg not in ("float32", "bool"):  # bounded first: float -> int out of range is UB
+            x = (x.tanh() * 6).abs() if arg == "uint8" else x.tanh() * 6
+        return x.cast(arg)
+    if op == "cmp":
+        j, how = arg
+        y = vals[j]
+        return {"lt": x < y, "le": x <= y, "eq": x == y, "ne": x != y}[how]
+    if op == "argmax":
+        return x.argmax(axis=arg)
+    if op == "softmax":
+        return x.softmax(axis=arg)
+    if op == "dropout":
+        return x.dropout(arg)
+    if op == "matmul2":
+        j, swap = arg
+        return x @ (vals[j].transpose() if swap else vals[j])
+    if op == "int_pow":
+        return x ** int(arg) if x.dtype.kind in "iu" else x * x * x
+    if op == "clip":
+        return x.clip(*arg)
+    if op == "pow":  # a positive base, a bounded exponent
+        return (x.abs() + 0.5) ** vals[arg].tanh()
+    if op == "min":
+        return x.min(axis=arg)
+    return x.abs()
+
+
+def _inputs(recipe: dict, rng: np.random.Generator) -> list[np.ndarray]:
+    out = []
+    for s, dt in zip(recipe["shapes"], recipe.get("dtypes", ["float32"] * len(recipe["shapes"])), strict=True):
+        if dt == "float32":
+            out.append(rng.standard_normal(s).astype(np.float32))
+        elif dt == "bool":
+            out.append(rng.random(s) < 0.5)
+        else:
+            out.append(rng.integers(0 if dt == "uint8" else -5, 6, s).astype(dt))
+    return out
+
+
+def replay(recipe: dict, eager: bool, device: str = "cpu") -> list[Tensor]:
+    """Build the graph, weight the last n_out values randomly, differentiate; return values and gradients
+    (of the float inputs; integer and bool ones have none)."""
     rng = np.random.default_rng(recipe["seed"])
-    arrays = [rng.standard_normal(s).astype(np.float32) for s in recipe["shapes"]]
-    with pg.eager(eager):
-        ins = [Tensor(a, requires_grad=True) for a in arrays]
+    arrays = _inputs(recipe, rng)
+    if "dtypes" in recipe:
+        pg.manual_seed(recipe["seed"])  # dropout's masks: the same in both replays
+    with pg.eager(eager), np.errstate(all="ignore"):
+        ins = [Tensor(a, requires_grad=a.dtype.kind == "f", device=device) for a in arrays]
         vals = list(ins)
         for op, i, arg in recipe["steps"]:
             vals.append(apply(op, vals[i], arg, vals))
         outs = vals[-recipe["n_out"]:]
         total = None
         for o in outs:
-            w = Tensor(rng.standard_normal(o.shape).astype(np.float32))
+            w = Tensor(rng.standard_normal(o.shape).astype(np.float32), device=device)
             term = (o * w).sum()
             total = term if total is None else total + term
-        total.backward()
-        return outs + [t.grad if t.grad is not None else pg.zeros(*t.shape) for t in ins]
+        wrt = [t for t in ins if t.dtype.kind == "f"]
+        if total.requires_grad:
+            total.backward()
+        return outs + [t.grad if t.grad is not None else pg.zeros(*t.shape, device=device) for t in wrt]
 
 
 @settings(max_examples=max(1, -(-GRAPHS // PER_EXAMPLE)), suppress_health_check=list(HealthCheck), deadline=None)

@@ -8,7 +8,11 @@
   test. The reductions run again with each reduction template forced.
 * PTX: a training step's kernels (and a few rows with transcendental, integer and bool ops) compile to PTX
   for sm_90 with numba-cuda's NVVM, and hold no float64 instruction.
+* Launches: kernels rendered for a GPU keep to CUDA's limits (grid y/z, empty grids, static shared memory),
+  which the simulator does not enforce by itself; its device memory starts as garbage, as a GPU's does.
 * Errors: device="cuda" without numba-cuda or a GPU raises a clear CudaUnavailable.
+
+Random graphs on the simulator (a fuzzer): tests/test_cuda_random.py.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from picograd import Tensor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXTRA = ["mlp_train", "mlp_cache_hit", "mlp_jit", "matmul_tiles", "inspection", "small_ints", "long_reductions",
-         "devices"]
+         "devices", "empty_batch"]
 # Rows whose graphs hold reductions: rerun with the tree and two-pass templates forced.
 REDUCING = [r.name for r in ROWS if re.search(r"sum|mean|max|min|softmax|argmax|loss|entropy|mlp|matmul|dot", r.name)]
 
@@ -215,6 +219,94 @@ def test_matmul_epilogue_loads_first_and_stores_coalesced() -> None:
         assert _matmul_store_stride_axis(r.source) == "x", r.source
         transposed += "rt = cuda.threadIdx.x" in r.source
     assert transposed >= 2, "expected the weight gradients' kernels to store transposed"
+
+
+def _shared_bytes(source: str) -> int:
+    """Static shared memory a rendered kernel declares."""
+    total = 0
+    for shape, dt in re.findall(r"cuda\.shared\.array\((\(?[\d, ]+\)?), np\.(\w+)\)", source):
+        total += math.prod(int(d) for d in shape.strip("()").split(",") if d.strip()) * np.dtype(dt).itemsize
+    return total
+
+
+@pytest.mark.parametrize("n", [60, 400])
+def test_sibling_reductions_fit_in_shared_memory(n: int) -> None:
+    # Sums of one shape fuse into one kernel; a tree reduction's shared array per sum at 256 threads was 60 KB
+    # for 60 of them, over the 48 KB a kernel may declare (ptxas refuses it). Narrower blocks, or at 400 sums
+    # (even 32 threads do not fit) a thread per output.
+    rng = np.random.default_rng(0)
+    xs = [Tensor(rng.random((4, 1000), dtype=np.float32)) for _ in range(n)]
+    prog = _render_captured(lambda: pg.realize(*[(x * 2).sum(axis=1) for x in xs]))
+    reduces = [r for r in prog.kernels if "_reduce_" in r.name]
+    assert reduces
+    for r in reduces:
+        assert _shared_bytes(r.source) == r.shared_bytes <= 48 * 1024, (r.name, r.block, _shared_bytes(r.source))
+    assert (max(_shared_bytes(r.source) for r in reduces) == 0) == (n == 400)
+
+
+def test_matmul_grid_stays_within_cuda_limits() -> None:
+    # gridDim.y and .z are at most 65535: a batch of 70000 small matrices (or over 65535 row tiles) loops
+    # inside the block instead of failing at launch.
+    rng = np.random.default_rng(0)
+    a = Tensor(rng.random((70000, 2, 3), dtype=np.float32))
+    b = Tensor(rng.random((70000, 3, 2), dtype=np.float32))
+    prog = _render_captured(lambda: pg.realize((a @ b).relu()))
+    (mm,) = [r for r in prog.kernels if "_matmul_" in r.name]
+    assert max(mm.grid[1:]) <= 65535 and mm.grid[2] == 65535, mm.grid
+    assert "while bz < 70000:" in mm.source and _shared_bytes(mm.source) == mm.shared_bytes
+    try:
+        from numba import cuda, types
+
+        cuda.compile_ptx(lambda a: None, (types.CPointer(types.float32),), cc=(9, 0))
+    except Exception:  # pragma: no cover - no NVVM (numba-cuda[cu13]) here: the rendering is checked
+        return
+    from picograd.codegen.cuda import compile_ptx
+
+    assert mm.name in compile_ptx(prog.source, [mm], prog.dtypes, (9, 0))
+
+
+def test_empty_batch_matmul_launches_no_empty_grid() -> None:
+    # A Linear layer on a batch of 0 rows: the forward matmul is empty but its kernel also reduces the bias
+    # gradient (zeros, 4 of them). The matmul was launched with a grid of 0 row tiles, which CUDA refuses
+    # (the simulator ran it as nothing); programs now check every launch against CUDA's limits.
+    x = Tensor(np.ones((0, 3), np.float32), requires_grad=True)
+    w = Tensor(np.ones((3, 4), np.float32), requires_grad=True)
+    b = Tensor(np.ones(4, np.float32), requires_grad=True)
+
+    def step() -> None:
+        out = (x @ w + b).relu()
+        out.sum().backward()
+        pg.realize(out, w.grad, b.grad, (x @ w).sum(axis=0), Tensor(np.ones((2, 3), np.float32)) @ w[:, :0])
+
+    prog = _render_captured(step)
+    for r in prog.kernels:
+        assert min(r.grid) >= 1, (r.name, r.grid)
+    assert any(r.name.endswith("_red") for r in prog.kernels)
+
+
+def test_launch_limits_are_checked() -> None:
+    from picograd.codegen.cuda import _check_launch
+    from picograd.codegen.cuda_render import Rendered
+
+    _check_launch(Rendered("k", "", [], (2**31 - 1, 65535, 65535), (32, 32, 1)))
+    for grid, block in (((1, 0, 1), (32, 1, 1)), ((1, 1, 65536), (32, 1, 1)), ((1, 1, 1), (64, 32, 1))):
+        with pytest.raises(RuntimeError, match="outside CUDA's limits"):
+            _check_launch(Rendered("k", "", [], grid, block))
+    with pytest.raises(RuntimeError, match="49153 bytes of shared memory"):
+        _check_launch(Rendered("k", "", [], (1, 1, 1), (32, 1, 1), shared_bytes=48 * 1024 + 1))
+
+
+def test_simulated_device_memory_starts_as_garbage(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cuMemAlloc does not clear memory: on the simulator, outputs and workspaces start as NaN / all-ones bits,
+    # so a kernel that leaves part of its output unwritten fails there too (zeros would often pass).
+    from picograd.codegen import cuda_runtime as rt
+
+    monkeypatch.setattr(rt, "simulated", lambda: True)
+    assert np.isnan(rt.empty((2, 3), np.dtype(np.float32)).host).all()
+    assert (rt.empty((4,), np.dtype(np.int32)).host == -1).all()
+    assert rt.empty((3,), np.dtype(np.bool_)).host.all()
+    assert rt.empty((0, 5), np.dtype(np.float32)).host.shape == (0, 5)
+    assert np.isnan(rt.Layout([((), np.dtype(np.float32))]).allocate()[0].host)
 
 
 class _FakeDriver:

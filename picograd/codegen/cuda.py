@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ir.node import Node
 from . import cuda_runtime as rt
-from .cuda_render import Rendered, Target, render_elementwise, render_matmul, render_reduce
+from .cuda_render import SHARED_BYTES, Rendered, Target, render_elementwise, render_matmul, render_reduce
 from .schedule import Kernel, schedule
 
 VERSION = "cuda-1"  # bump when generated code changes meaning: salts the disk cache
@@ -31,7 +31,10 @@ HEADER = "import math\nimport numpy as np\nfrom numba import cuda\n\n"
 # ---- compiling ------------------------------------------------------------------------------------------
 def target() -> Target:
     if rt.simulated():
-        return Target(sim=True)
+        # PICOGRAD_CUDA_SIM_SMS=n: render for a GPU with n SMs (its blocks and matmul tiles) and simulate that,
+        # slowly (256 Python threads a block), to test the launch configurations a real GPU runs.
+        sms = int(os.environ.get("PICOGRAD_CUDA_SIM_SMS", "0"))
+        return Target(sim=True, sm_count=sms, gpu_launch=True) if sms > 0 else Target(sim=True)
     return Target(sim=False, sm_count=rt.driver().sm_count)
 
 
@@ -219,6 +222,8 @@ class CudaProgram:
             if r.name in seen:
                 raise RuntimeError(f"cuda: duplicate kernel name {r.name}")
             seen.add(r.name)
+        for r, _ in rendered:
+            _check_launch(r)
         self.source = HEADER + "\n\n".join(r.source for r, _ in rendered)
         self.kernels = [r for r, _ in rendered]
         self.dtypes = {r.name: [slots[names[p]].dtype for p in r.params] for r, names in rendered}
@@ -240,8 +245,10 @@ class CudaProgram:
         if k.matmul is not None:
             # The tiled matmul runs the main loop (its stores) as the epilogue of each register; a
             # reduction over its output crosses tiles, so it becomes a second kernel reading the
-            # matmul's buffer (which the schedule materializes anyway).
-            out.append(render_matmul(name, k.matmul, named([k.matmul] + k.stores), params, self.target))
+            # matmul's buffer (which the schedule materializes anyway). An empty product (a batch of none)
+            # has nothing to store, but its reductions still write their zeros; CUDA refuses a grid of 0 blocks.
+            if k.matmul.size:
+                out.append(render_matmul(name, k.matmul, named([k.matmul] + k.stores), params, self.target))
             if k.reduces:
                 params2 = dict(params)
                 params2[id(k.matmul)] = f"b{slot_of[id(k.matmul)]}"
@@ -294,6 +301,16 @@ class CudaProgram:
         if self.views:
             return [arrays[s] if arrays[s].shape == shape else arrays[s].reshape(shape) for s, shape in self.results]
         return [arrays[s] for s, _ in self.results]
+
+
+def _check_launch(r: Rendered) -> None:
+    """CUDA's limits on a launch, checked on the simulator too (which would run what a GPU refuses)."""
+    limits = ((1, 2**31 - 1), (1, 65535), (1, 65535))
+    ok = all(lo <= g <= hi for g, (lo, hi) in zip(r.grid, limits, strict=True))
+    ok = ok and all(b >= 1 for b in r.block) and r.block[0] * r.block[1] * r.block[2] <= 1024 and r.block[2] <= 64
+    if not ok or r.shared_bytes > SHARED_BYTES:
+        raise RuntimeError(f"cuda: kernel {r.name}: launch grid {r.grid} x block {r.block} with {r.shared_bytes} bytes "
+                           "of shared memory is outside CUDA's limits")
 
 
 def _ident(name: str) -> str:

@@ -21,16 +21,28 @@ from .cuda_expr import Emitter, clamp, lit, lowest, np_name
 class Target:
     """What the templates need to know about the device."""
 
-    sim: bool
+    sim: bool  # kernels run on numba's CUDA simulator: plain Python, so numpy's scalar math
     sm_count: int = 132
+    gpu_launch: bool = False  # on the simulator, a GPU's launch configurations (blocks, tiles) instead of tiny ones
+
+    @property
+    def small(self) -> bool:
+        """The simulator's tiny launch configurations: 32-thread blocks, 8x8 matmul tiles, few blocks."""
+        return self.sim and not self.gpu_launch
 
     @property
     def block(self) -> int:  # threads per block of elementwise and per-output reductions
-        return 32 if self.sim else 256
+        return 32 if self.small else 256
 
     @property
     def max_blocks(self) -> int:  # grid-stride loops cap the grid: enough blocks to fill every SM
-        return 4 if self.sim else self.sm_count * 8
+        return 4 if self.small else self.sm_count * 8
+
+    @property
+    def max_grid_yz(self) -> int:
+        """The most blocks along a grid's y and z (CUDA's limit; the simulator's is tiny so that its tests run
+        the loops that go past it)."""
+        return 2 if self.small else 65535
 
 
 @dataclass
@@ -41,6 +53,7 @@ class Rendered:
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     workspace: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)  # scratch buffers
+    shared_bytes: int = 0  # static shared memory the kernel declares
 
     @property
     def kind(self) -> str:  # for the inspection tools: "elementwise", "reduce", "matmul" (names are k<i>_<kind>_...)
@@ -114,9 +127,9 @@ def reduce_mode(n_out: int, r: int, target: Target) -> str:
     forced = os.environ.get("PICOGRAD_CUDA_REDUCE")
     if forced in ("thread", "tree", "split"):
         return forced
-    if r <= 64 or n_out >= 32 * target.block * (2 if target.sim else target.sm_count):
+    if r <= 64 or n_out >= 32 * target.block * (2 if target.small else target.sm_count):
         return "thread"
-    if n_out < (2 if target.sim else target.sm_count) and r >= (256 if target.sim else 65536):
+    if n_out < (2 if target.small else target.sm_count) and r >= (256 if target.small else 65536):
         return "split"
     return "tree"
 
@@ -136,9 +149,30 @@ def render_reduce(name: str, stores: list[tuple[Node, str]], reduces: list[tuple
     n_out, r = _size(out_shape), _size(red_shape)
     mode = reduce_mode(n_out, r, target)
     job = _ReduceJob(name, stores, reduces, post, params, target, src_shape, out_shape, red_shape, axes)
-    if mode == "thread":
+    if mode == "thread" or _tree_block(job) == 0:
         return [_reduce_thread(job)]
     return _reduce_blocks(job, mode)
+
+
+SHARED_BYTES = 48 * 1024  # static shared memory a block may declare (more needs an opt-in at launch)
+
+
+def _tree_block(job: _ReduceJob) -> int:
+    """Threads per block of a tree reduction: 256 (fewer for short rows), halved until a shared array per
+    reduction fits in SHARED_BYTES (sibling reductions fuse: sixty sums of one shape are one kernel); 0 when
+    even 32 threads do not fit, and each output gets a thread instead."""
+    r = _size(job.red_shape)
+    block = 32 if job.target.small else 256
+    while block > 32 and block // 2 >= r:
+        block //= 2
+    per_thread = _shared_per_thread(job.nodes)
+    while block > 32 and block * per_thread > SHARED_BYTES:
+        block //= 2
+    return block if block * per_thread <= SHARED_BYTES else 0
+
+
+def _shared_per_thread(nodes: list[Node]) -> int:
+    return sum(np.dtype(np_name(n.dtype)).itemsize for n in nodes)
 
 
 @dataclass
@@ -234,14 +268,13 @@ def _tree(e: Emitter, reduces: list[Node], accs: list[str], shared: list[str], b
 
 def _reduce_blocks(job: _ReduceJob, mode: str) -> list[Rendered]:
     n_out, r, target, name, nodes = _size(job.out_shape), _size(job.red_shape), job.target, job.name, job.nodes
-    block = 32 if target.sim else 256
-    while block > 32 and block // 2 >= r:
-        block //= 2
+    block = _tree_block(job)
     split = 1
     if mode == "split":
-        split = max(2, min(_cdiv(r, block * 4), (8 if target.sim else 4 * target.sm_count) // max(n_out, 1)))
+        split = max(2, min(_cdiv(r, block * 4), (8 if target.small else 4 * target.sm_count) // max(n_out, 1)))
     chunk = _cdiv(r, split)
     prologue = [f"sm{k} = cuda.shared.array({block}, np.{np_name(n.dtype)})" for k, n in enumerate(nodes)]
+    smem = block * _shared_per_thread(nodes)
     shared = [f"sm{k}" for k in range(len(nodes))]
     partial = [f"part{k}" for k in range(len(nodes))]
 
@@ -286,10 +319,11 @@ def _reduce_blocks(job: _ReduceJob, mode: str) -> list[Rendered]:
     grid = (max(1, min(n_out * split, 65535)), 1, 1)
     if split == 1:
         names = job.names()
-        return [Rendered(name, _source(name, names, e, prologue), names, grid, (block, 1, 1))]
+        return [Rendered(name, _source(name, names, e, prologue), names, grid, (block, 1, 1), shared_bytes=smem)]
     work = {p: ((n_out * split,), n.dtype) for p, n in zip(partial, nodes, strict=False)}
     names1 = _param_list(job.params, job.stores) + partial
-    first = Rendered(name + "_p1", _source(name + "_p1", names1, e, prologue), names1, grid, (block, 1, 1), work)
+    first = Rendered(name + "_p1", _source(name + "_p1", names1, e, prologue), names1, grid, (block, 1, 1), work,
+                     shared_bytes=smem)
 
     # pass 2: a thread per output combines its `split` partials, then runs the epilogue
     e2 = Emitter(job.params, target.sim)
@@ -324,7 +358,7 @@ _MM_SIM = (8, 8, 4, 2, 2)
 
 def matmul_config(m: int, n: int, batch: int, target: Target) -> tuple[int, int, int, int, int]:
     """The biggest tile that still gives every SM a block; small problems fall to the smallest tile."""
-    if target.sim:
+    if target.small:
         return _MM_SIM
     for cfg in _MM_CONFIGS:
         if _cdiv(m, cfg[0]) * _cdiv(n, cfg[1]) * batch >= target.sm_count:
@@ -366,9 +400,23 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
     e.line(f"rt = {rt}")
     e.line(f"ct = {ct}")
     e.line(f"t = cuda.threadIdx.y * {nrt if transposed else nct} + cuda.threadIdx.x")
-    e.line(f"bi = cuda.blockIdx.y * {tm}")
     e.line(f"bj = cuda.blockIdx.x * {tn}")
+    # Past CUDA's 65535 blocks along y (rows) or z (batch), a block loops over several row tiles / matrices.
+    row_tiles, loops = _cdiv(m, tm), []
+    gy, gz = min(row_tiles, target.max_grid_yz), min(nb, target.max_grid_yz)
     e.line("bz = cuda.blockIdx.z")
+    if gz < nb:
+        e.line(f"while bz < {nb}:")
+        e.push()
+        loops.append("bz += cuda.gridDim.z")
+    if gy < row_tiles:
+        e.line("by = cuda.blockIdx.y")
+        e.line(f"while by < {row_tiles}:")
+        e.push()
+        e.line(f"bi = by * {tm}")
+        loops.append("by += cuda.gridDim.y")
+    else:
+        e.line(f"bi = cuda.blockIdx.y * {tm}")
     acc = [[f"c{i}_{j}" for j in range(rn)] for i in range(rm)]
     for row in acc:
         for c in row:
@@ -458,12 +506,16 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
             _store(e, out, flat, v, o)
         if ok:
             e.pop()
+    for step in reversed(loops):
+        e.line(step)
+        e.pop()
     t = np_name(mm.dtype)
     # One padding column: the tile loads write the tiles down their columns when the operand's k axis is the
     # contiguous one, and a row length of 16/32/64 words would put a warp's writes in the same few banks.
     prologue = [f"As = cuda.shared.array(({tk}, {tm + 1}), np.{t})",
                 f"Bs = cuda.shared.array(({tk}, {tn + 1}), np.{t})"]
     names = _param_list(params, outputs)
-    grid = (_cdiv(n, tn), _cdiv(m, tm), nb)
+    grid = (_cdiv(n, tn), gy, gz)
     block = (nrt, nct, 1) if transposed else (nct, nrt, 1)
-    return Rendered(name, _source(name, names, e, prologue), names, grid, block)
+    smem = tk * (tm + 1 + tn + 1) * np.dtype(t).itemsize
+    return Rendered(name, _source(name, names, e, prologue), names, grid, block, shared_bytes=smem)

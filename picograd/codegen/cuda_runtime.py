@@ -245,7 +245,11 @@ class CudaArray:
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> CudaArray:
     dtype = np.dtype(dtype)
     if simulated():
-        return CudaArray(shape, dtype, host=np.zeros(shape, dtype))
+        # Garbage, as cuMemAlloc gives (NaN for floats, -1 or the max for ints): zeros would hide a kernel that
+        # leaves part of its output unwritten.
+        host = np.empty(shape, dtype)
+        host.reshape(-1).view(np.uint8)[:] = 1 if dtype == np.bool_ else 0xFF
+        return CudaArray(shape, dtype, host=host)
     n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     a = _Allocation(n)
     return CudaArray(shape, dtype, a.ptr, a)
