@@ -49,6 +49,11 @@ def _recip(x: np.ndarray) -> np.ndarray:
         return np.reciprocal(x)
 
 
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.true_divide(a, b)
+
+
 def _log(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.log(x)
@@ -73,6 +78,7 @@ _UNARY: dict[str, Callable] = {
 _BINARY: dict[str, Callable] = {
     "add": np.add,
     "mul": np.multiply,
+    "div": _div,
     "max": np.maximum,
     "pow": _pow,
     "cmplt": np.less,

@@ -330,7 +330,7 @@ class Adam(Optimizer):
         m.assign(Tensor(m_new))
         v.assign(Tensor(v_new))
         denom = B.add(B.mul(B.unary("sqrt", v_new), s("inv_sqrt_bc2", x)), c(group["eps"]))
-        step = B.mul(B.mul(m_new, B.unary("recip", denom)), s("neg_step_size", x))
+        step = B.mul(B.binary("div", m_new, denom), s("neg_step_size", x))  # as torch's addcdiv
         base = B.mul(x, s("decay", x)) if wd and self.decoupled else x
         p.assign(Tensor(B.add(base, step)))
 

@@ -129,7 +129,7 @@ class TensorOps:
         o = self._lift(o, "div")
         if self.node.dtype.kind != "f" and o.node.dtype.kind != "f":
             return self.float() / o.float()
-        return self._binary("mul", o.reciprocal(), name="div")
+        return self._binary("div", o)
 
     def __rtruediv__(self, o: Any) -> Any:
         return self._lift(o, "div") / self
@@ -167,7 +167,11 @@ class TensorOps:
             if not k:
                 break
             base = base * base
-        return self._make(B.const(1, self.node.dtype, self.node.shape)) if out is None else out
+        if out is not None:
+            return out
+        if self.node.device not in (None, "cpu"):  # a constant has no device: read x so that x ** 0 stays on it
+            return self * 0 + 1
+        return self._make(B.const(1, self.node.dtype, self.node.shape))
 
     def __rpow__(self, o: Any) -> Any:
         return self._binary("pow", self._int_pow_check(self._lift(o, "pow"), True), True)
@@ -361,7 +365,7 @@ class TensorOps:
         x = self if self.node.dtype.kind == "f" else self.float()
         n = prod(self.node.shape[a] for a in axes)
         # the mean of no elements is 0/0 = NaN, as in numpy and torch
-        return x._reduce("reduce_sum", axes, keepdims) * (1.0 / n if n else float("nan"))
+        return x._reduce("reduce_sum", axes, keepdims) / float(n)  # divided, as numpy's mean is
 
     def max(self, axis: Any = None, keepdims: bool = False, dim: Any = None) -> Any:
         return self._reduce("reduce_max", self._nonempty_axes("max", axis, dim), keepdims)

@@ -162,8 +162,8 @@ def _wide_arg(draw, op: str, shape: tuple[int, ...], avail: list[tuple[int, ...]
         return draw(st.integers(0, len(avail) - 1))
     if op == "min":
         return tuple(sorted(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1)))) if shape else None
-    if op == "int_pow":  # (not 0: x ** 0 is a constant, which has no device; see the note in test_cuda_random.py)
-        return draw(st.integers(1, 3))
+    if op == "int_pow":  # (0 too: x ** 0 is all ones, but still on x's device)
+        return draw(st.integers(0, 3))
     if op == "clip":
         return draw(st.sampled_from([(-0.5, 0.5), (0, None), (None, 1)]))
     return 0  # abs

@@ -19,8 +19,6 @@ modes, PICOGRAD_RANDOM_ELEMENTS bigger inputs, PICOGRAD_CUDA_SIM_SMS=n every mod
 and without the simulator, `python tests/test_cuda_random.py --ptx` compiles graphs for sm_90 with numba-cuda's
 NVVM (see check_ptx).
 
-Known and left out: `x ** 0` of an integer cuda tensor is a constant with no device, computed on the host
-(a cpu tensor); recipes draw int_pow exponents from 1.
 """
 
 from __future__ import annotations

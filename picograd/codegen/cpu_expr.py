@@ -244,6 +244,8 @@ def _expr_wide(op: str, n: Node, a: list[str], consts: Consts) -> str:
         return f"{a[0]} or {a[1]}" if dt.kind == "b" else f"{a[0]} + {a[1]}"
     if op == "mul":
         return f"{a[0]} and {a[1]}" if dt.kind == "b" else f"{a[0]} * {a[1]}"
+    if op == "div":  # floats only (ir.build): float32 / float32 stays float32 in numba, rounded as numpy's
+        return f"{a[0]} / {a[1]}"
     if op == "max":
         if dt.kind == "b":
             return f"{a[0]} or {a[1]}"

@@ -244,6 +244,8 @@ class Emitter:
                 return f"({a} or {b})" if dt == np.bool_ else f"({a} + {b})"
             if op == "mul":
                 return f"({a} and {b})" if dt == np.bool_ else f"({a} * {b})"
+            if op == "div":  # floats only (ir.build); div.rn: correctly rounded, as numpy's
+                return f"({a} / {b})"
             if op == "max":  # NaN-propagating like np.maximum
                 return f"({a} if ({a} >= {b} or {a} != {a}) else {b})"
             if op == "pow":

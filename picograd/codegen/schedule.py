@@ -55,11 +55,12 @@ from dataclasses import dataclass, field
 
 from ..ir import ops
 from ..ir.node import Node, toposort
+from ..ir.shape import prod
 
 MOVEMENT = frozenset(ops.MOVEMENT)
 REDUCE = frozenset(ops.REDUCE)
 # Values worth a buffer when shared: recomputing them per reader would cost more than a load.
-EXPENSIVE = frozenset(("exp", "log", "sqrt", "sin", "cos", "tanh", "pow", "recip", ops.RAND))
+EXPENSIVE = frozenset(("exp", "log", "sqrt", "sin", "cos", "tanh", "pow", "recip", "div", ops.RAND))
 FREE = MOVEMENT | {ops.CONST, ops.IOTA, "cast", "detach"}
 RECOMPUTE_LIMIT = 4  # a shared node is recomputed in each reader when its inlined tree has at most this many ops
 _INF = 1 << 30
@@ -204,7 +205,7 @@ def _costs(order: list[Node], R: set[int]) -> dict[int, int]:
             cost[id(n)] = 0
             continue
         c = sum(cost[id(s)] for s in n.srcs)
-        if n.op in EXPENSIVE:
+        if n.op in EXPENSIVE and prod(n.shape) > 1:  # (one value, e.g. a mean's 1/n: computed once per kernel)
             c = _INF
         elif n.op not in FREE:
             c += 1

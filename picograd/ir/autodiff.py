@@ -30,7 +30,13 @@ def _reduce_max_vjp(n: Node, g: Node) -> tuple[Node]:
     (x,) = n.srcs
     mask = B.cast(B.binary("cmpeq", x, B.expand(n, x.shape)), x.dtype)
     count = B.reduce("reduce_sum", mask, n.arg)  # ties share the gradient evenly
-    return (B.mul(mask, B.expand(B.mul(g, B.unary("recip", count)), x.shape)),)
+    return (B.mul(mask, B.expand(B.binary("div", g, count), x.shape)),)
+
+
+def _div_vjp(n: Node, g: Node) -> tuple[Node, Node]:
+    """d (a/b) / da = 1/b, d (a/b) / db = -a/b**2 = -(g/b) * (a/b): g/b is shared, and n is a/b."""
+    ga = B.binary("div", g, n.srcs[1])
+    return ga, B.neg(B.mul(ga, n))
 
 
 def _expand_vjp(n: Node, g: Node) -> tuple[Node]:
@@ -60,12 +66,13 @@ def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
 RULES: dict[str, VJP] = {
     "add": lambda n, g: (g, g),
     "mul": lambda n, g: (B.mul(g, n.srcs[1]), B.mul(g, n.srcs[0])),
+    "div": _div_vjp,
     "max": _max_vjp,
     "pow": _pow_vjp,
     "neg": lambda n, g: (B.neg(g),),
     "exp": lambda n, g: (B.mul(g, n),),
-    "log": lambda n, g: (B.mul(g, B.unary("recip", n.srcs[0])),),
-    "sqrt": lambda n, g: (B.mul(g, B.unary("recip", B.mul(n, B.full_like(n, 2)))),),
+    "log": lambda n, g: (B.binary("div", g, n.srcs[0]),),
+    "sqrt": lambda n, g: (B.binary("div", g, B.mul(n, B.full_like(n, 2))),),
     "sin": lambda n, g: (B.mul(g, B.unary("cos", n.srcs[0])),),
     "cos": lambda n, g: (B.neg(B.mul(g, B.unary("sin", n.srcs[0]))),),
     "recip": lambda n, g: (B.neg(B.mul(g, B.mul(n, n))),),

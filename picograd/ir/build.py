@@ -71,7 +71,7 @@ def cast(x: Node, dtype: np.dtype) -> Node:
 
 def binary(op: str, a: Node, b: Node) -> Node:
     _same(op, a, b)
-    if op == "pow":
+    if op in ("pow", "div"):  # (div: a true division, correctly rounded as numpy's; ints are cast first)
         _float(op, a)
     return make(op, (a, b), BOOL if op in ops.COMPARE else a.dtype, a.shape)
 

@@ -12,7 +12,7 @@ IOTA = "iota"  # arg: axis; value = index along that axis (one-hot, masks)
 RAND = "rand"  # srcs: (seed: uint32 scalar,); uniform [0, 1) from a hash of (seed, flat index)
 
 UNARY = ("neg", "exp", "log", "sqrt", "sin", "cos", "recip", "tanh", "cast", "detach")
-BINARY = ("add", "mul", "max", "pow", "cmplt", "cmple", "cmpeq", "cmpne")
+BINARY = ("add", "mul", "div", "max", "pow", "cmplt", "cmple", "cmpeq", "cmpne")  # div: floats only
 COMPARE = ("cmplt", "cmple", "cmpeq", "cmpne")
 TERNARY = ("where",)  # srcs: (cond: bool, a, b)
 REDUCE = ("reduce_sum", "reduce_max")  # arg: sorted axes; keeps reduced axes as size 1
