@@ -602,8 +602,13 @@ class TensorOps:
 
     # ---- random -----------------------------------------------------------------------------------
     def dropout(self, p: float = 0.5, training: bool = True) -> Any:
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+        """Zero each element with probability p and scale the rest by 1/(1-p); p = 1 zeroes everything, as in
+        torch (x * 0: NaN and inf inputs give NaN there too)."""
+        # bool is an int subclass: dropout(True) is a mistake, not p = 1
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+            raise TypeError(f"dropout: p must be a number in [0, 1], got {type(p).__name__} {p!r}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout: p must be in [0, 1], got {p}")
         if not training:
             return self
         if self.node.dtype.kind != "f":
@@ -611,6 +616,8 @@ class TensorOps:
                             "cast it first (.float())")
         if p == 0.0:
             return self
+        if p == 1.0:
+            return self * 0.0
         keep = self._make(B.rand(self._dropout_seed(), self.node.shape, self.node.dtype)) >= p
         return self._where(keep, self * (1.0 / (1.0 - p)), 0.0)
 

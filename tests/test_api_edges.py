@@ -79,6 +79,7 @@ def test_dropout_p1_gives_zeros_like_torch(eager: bool, reference_backend) -> No
         out.sum().backward()
         np.testing.assert_array_equal(x.grad.numpy(), np.zeros((2, 3), F32))
         np.testing.assert_array_equal(F.dropout(x, 1.0).numpy(), np.zeros((2, 3), F32))
+        np.testing.assert_array_equal(x.dropout(1.0).numpy(), np.zeros((2, 3), F32))  # the Tensor method too
         d.eval()
         assert d(x) is x
 
@@ -88,6 +89,8 @@ def test_dropout_p_is_checked() -> None:
         nn.Dropout(True)
     with pytest.raises(ValueError, match=r"dropout: p must be in \[0, 1\], got 1.5"):
         F.dropout(pg.ones(2), 1.5)
+    with pytest.raises(TypeError, match="dropout: p must be a number"):
+        pg.ones(2).dropout(True)
 
 
 # ---- modules ------------------------------------------------------------------------------------------------------

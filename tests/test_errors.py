@@ -103,7 +103,7 @@ CASES = [
      r"^grad: the function must return a scalar Tensor, got \(2, 3\)"),
     ("len_0d", lambda: len(Tensor(1.0)), TypeError, r"0-d"),
     # constructors and arguments
-    ("dropout_p", lambda: t(2).dropout(1.0), ValueError, r"^dropout: p must be in \[0, 1\), got 1.0"),
+    ("dropout_p", lambda: t(2).dropout(1.5), ValueError, r"^dropout: p must be in \[0, 1\], got 1.5"),
     ("dropout_neg_p", lambda: t(2).dropout(-0.1), ValueError, r"^dropout: p must be in"),
     ("where_no_tensor", lambda: pg.where(True, 1.0, 2.0), TypeError, r"^where: at least one argument must be a Tensor"),
     ("unknown_device", lambda: Tensor([1.0], device="tpu"), ValueError, r"^Tensor: unknown device 'tpu'"),

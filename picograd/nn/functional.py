@@ -53,13 +53,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p). The mask comes from the
     in-program counter RNG (seeded by picograd.manual_seed), so lazy and eager runs draw the same one.
     p = 1 zeroes everything, as in PyTorch (x * 0: NaN and inf inputs give NaN there too)."""
-    p = _check_dropout_p("dropout", p)
-    if p == 1.0:  # Tensor.dropout refuses p = 1 (its 1/(1-p) scale), so that case stays here
-        if not training:
-            return x
-        if x.dtype.kind != "f":
-            raise TypeError(f"dropout: needs a float tensor, got {x.dtype}{list(x.shape)}; cast it first (.float())")
-        return x * 0.0
     return x.dropout(p, training)
 
 
