@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from . import recording
+from .creation import zeros_like
 from .ir import build as B
 from .ir.node import Node, phase
 from .nn import _graph as G
 from .nn.modules import zero_grads
-from .tensor import Tensor, zeros_like
+from .tensor import Tensor
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import creation as _creation
 from .. import recording
 from .. import tensor as _tensor
 from ..ir.node import Buffer, buffer_node
@@ -244,7 +245,7 @@ def zero_grads(params: Iterable[Tensor], set_to_none: bool = True) -> None:
         if set_to_none or p.grad is None:
             p.grad = None
         else:
-            p.grad = _tensor.zeros_like(p, requires_grad=False)
+            p.grad = _creation.zeros_like(p, requires_grad=False)
 
 
 def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
@@ -293,9 +294,9 @@ class Linear(Module):
                 raise ValueError(f"Linear: {name} must be a non-negative int, got {type(n).__name__} {n!r}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
-        self.weight = _tensor.uniform(out_features, in_features, low=-bound, high=bound, requires_grad=True,
+        self.weight = _creation.uniform(out_features, in_features, low=-bound, high=bound, requires_grad=True,
                                       device=device)
-        self.bias = (_tensor.uniform(out_features, low=-bound, high=bound, requires_grad=True, device=device)
+        self.bias = (_creation.uniform(out_features, low=-bound, high=bound, requires_grad=True, device=device)
                      if bias else None)
 
     def forward(self, x: Tensor) -> Tensor:
