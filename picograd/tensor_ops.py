@@ -79,7 +79,7 @@ class TensorOps:
                 # as numpy: a comparison with an integer the dtype cannot hold has the mathematically right
                 # answer, which is the same for every value of the tensor (0 stands for any of them)
                 a, b = (other, 0) if reverse else (0, other)
-                return self._make(B.const(bool(_COMPARE[op](int(a), int(b))), np.dtype(np.bool_), self.node.shape))
+                return self._full(bool(_COMPARE[op](int(a), int(b))), np.dtype(np.bool_))
         o = self._lift(other, name or op)
         a, b = (o.node, self.node) if reverse else (self.node, o.node)
         a, b = _promote(name or op, a, b)
@@ -167,11 +167,16 @@ class TensorOps:
             if not k:
                 break
             base = base * base
-        if out is not None:
-            return out
-        if self.node.device not in (None, "cpu"):  # a constant has no device: read x so that x ** 0 stays on it
-            return self * 0 + 1
-        return self._make(B.const(1, self.node.dtype, self.node.shape))
+        return out if out is not None else self._full(1, self.node.dtype)
+
+    def _full(self, value: Any, dtype: np.dtype) -> Any:
+        """A result that is one value whatever the tensor holds, with its shape and on its device: an IR constant
+        has no device, so on a GPU it is made on the host and moved there (as a constant, it reads nothing:
+        no gradient flows through it on either device)."""
+        if self.node.device in (None, "cpu"):
+            return self._make(B.const(value, dtype, self.node.shape))
+        return type(self)(np.full(self.node.shape, value, dtype), dtype=dtype, requires_grad=False,
+                          device=self.node.device, copy=False)
 
     def __rpow__(self, o: Any) -> Any:
         return self._binary("pow", self._int_pow_check(self._lift(o, "pow"), True), True)
