@@ -14,7 +14,7 @@ from . import eager as _eager
 from . import recording
 from .ir import build as B
 from .ir.autodiff import expand_grads
-from .ir.node import Buffer, Node, buffer_node, make, phase
+from .ir.node import Buffer, Node, buffer_node, make, phase, toposort
 from .ir.shape import broadcast_shapes, prod
 from .realize import realize_nodes
 from .tensor_ops import TensorOps
@@ -143,9 +143,8 @@ class Tensor(TensorOps):
             if device not in to_device:
                 raise ValueError(f"Tensor: unknown device {device!r} (available: {sorted(to_device)})")
             node = buffer_node(Buffer(to_device[device](arr), device))
-        if requires_grad and node.dtype.kind != "f":
-            raise TypeError(f"Tensor: only float tensors can require gradients, got requires_grad=True for "
-                            f"{node.dtype}{list(node.shape)} (as torch); cast it to float first")
+        if requires_grad:
+            _check_can_require_grad(node, "Tensor")
         self.node: Node = node
         # None: a gradient is available on demand (seed behaviour); True: tracked, its gradient is
         # realized with the training step; False: never differentiated.
@@ -176,9 +175,8 @@ class Tensor(TensorOps):
 
     @requires_grad.setter
     def requires_grad(self, v: bool) -> None:
-        if v and self.dtype.kind != "f":
-            raise TypeError(f"requires_grad: only float tensors can require gradients, got "
-                            f"{self.dtype}{list(self.shape)} (as torch); cast it to float first")
+        if v:
+            _check_can_require_grad(self.node, "requires_grad")
         if (self._rg is False) == bool(v):
             # Freezing or unfreezing changes which leaves get gradients, and so the step's graph, as train()/eval()
             # do: a jit replaying a step traced before would silently keep the old program. (None -> True, a new
@@ -436,6 +434,12 @@ class Tensor(TensorOps):
         return dump(self, **kw)
 
 
+def _check_can_require_grad(node: Node, op: str) -> None:
+    if node.dtype.kind != "f":
+        raise TypeError(f"{op}: only float tensors can require gradients, got requires_grad=True for "
+                        f"{node.dtype}{list(node.shape)} (as torch); cast it to float first")
+
+
 def _host_value(value: Any, dt: np.dtype, op: str = "assign") -> np.ndarray:
     """Host data (lists, arrays) for assign, in the tensor's dtype where that loses nothing: ints into a float
     tensor (as assign(1) does), floats of another width, ints that fit. Anything else is left as it is, for
@@ -503,20 +507,7 @@ def _leaves(root: Node) -> list[Tensor]:
     # casts) and at detach(). A leaf reached only through those keeps .grad None, as in torch (a zero gradient made
     # optimizers with momentum or weight decay update a parameter that the loss never differentiated).
     out: list[Tensor] = []
-    seen: set[Node] = set()
-    opened: set[Node] = set()
-    stack = [root]
-    while stack:  # iterative post-order DFS (deep graphs), as ir.node.toposort's
-        n = stack.pop()
-        if n in seen:
-            continue
-        if n not in opened:
-            opened.add(n)
-            stack.append(n)
-            if n.op != "detach":
-                stack.extend(s for s in reversed(n.srcs) if s.dtype.kind == "f" and s not in seen)
-            continue
-        seen.add(n)
+    for n in toposort([root], srcs_of=_differentiable_srcs):
         if n.op == "buffer":
             if n.buffer.leaf is not None:
                 t = n.buffer.leaf()
@@ -527,6 +518,10 @@ def _leaves(root: Node) -> list[Tensor]:
             if t is not None and t._rg is not False:
                 out.append(t)
     return out
+
+
+def _differentiable_srcs(n: Node) -> list[Node]:
+    return [] if n.op == "detach" else [s for s in n.srcs if s.dtype.kind == "f"]
 
 
 def realize(*tensors: Tensor) -> None:

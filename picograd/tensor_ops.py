@@ -609,11 +609,7 @@ class TensorOps:
     def dropout(self, p: float = 0.5, training: bool = True) -> Any:
         """Zero each element with probability p and scale the rest by 1/(1-p); p = 1 zeroes everything, as in
         torch (x * 0: NaN and inf inputs give NaN there too)."""
-        # bool is an int subclass: dropout(True) is a mistake, not p = 1
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
-            raise TypeError(f"dropout: p must be a number in [0, 1], got {type(p).__name__} {p!r}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+        p = check_dropout_p("dropout", p)
         if not training:
             return self
         if self.node.dtype.kind != "f":
@@ -640,3 +636,13 @@ class TensorOps:
 
     def float(self) -> Any:
         raise NotImplementedError
+
+
+def check_dropout_p(op: str, p: Any) -> float:
+    """Dropout's probability (Tensor.dropout, F.dropout, nn.Dropout) as a float in [0, 1]."""
+    # bool is an int subclass: Dropout(True) is a mistake, not p = 1
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: p must be a number in [0, 1], got {type(p).__name__} {p!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p must be in [0, 1], got {p}")
+    return float(p)

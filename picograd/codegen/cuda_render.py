@@ -149,9 +149,10 @@ def render_reduce(name: str, stores: list[tuple[Node, str]], reduces: list[tuple
     n_out, r = _size(out_shape), _size(red_shape)
     mode = reduce_mode(n_out, r, target)
     job = _ReduceJob(name, stores, reduces, post, params, target, src_shape, out_shape, red_shape, axes)
-    if mode == "thread" or _tree_block(job) == 0:
+    block = 0 if mode == "thread" else _tree_block(job)
+    if block == 0:
         return [_reduce_thread(job)]
-    return _reduce_blocks(job, mode)
+    return _reduce_blocks(job, mode, block)
 
 
 SHARED_BYTES = 48 * 1024  # static shared memory a block may declare (more needs an opt-in at launch)
@@ -266,9 +267,9 @@ def _tree(e: Emitter, reduces: list[Node], accs: list[str], shared: list[str], b
     e.pop()
 
 
-def _reduce_blocks(job: _ReduceJob, mode: str) -> list[Rendered]:
+def _reduce_blocks(job: _ReduceJob, mode: str, block: int) -> list[Rendered]:
+    """A block of `block` threads (_tree_block) per output, or per part of one in the split mode."""
     n_out, r, target, name, nodes = _size(job.out_shape), _size(job.red_shape), job.target, job.name, job.nodes
-    block = _tree_block(job)
     split = 1
     if mode == "split":
         split = max(2, min(_cdiv(r, block * 4), (8 if target.small else 4 * target.sm_count) // max(n_out, 1)))

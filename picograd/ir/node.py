@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -114,15 +114,18 @@ def buffer_node(buf: Buffer) -> Node:
     return n
 
 
-def toposort(roots: Iterable[Node], stop_at_realized: bool = False) -> list[Node]:
+def toposort(roots: Iterable[Node], stop_at_realized: bool = False,
+             srcs_of: Callable[[Node], Sequence[Node]] | None = None) -> list[Node]:
     """Iterative post-order DFS (deep graphs would overflow Python's recursion limit).
+
+    srcs_of: the sources of a node to walk into (default: all of them), to visit part of a graph only.
 
     With stop_at_realized, nodes that already hold a buffer are leaves: their sources are not visited,
     except below the root of an unexpanded grad node, whose whole graph is needed to differentiate it;
     those nodes come after the rest, which keeps the order topological for every computed node."""
     order: list[Node] = []
     seen: set[Node] = set()
-    _dfs(roots, stop_at_realized, order, seen)
+    _dfs(roots, stop_at_realized, order, seen, srcs_of)
     if stop_at_realized:
         grad_roots = [n.srcs[0] for n in order if n.op == ops.GRAD and n.buffer is None]
         if grad_roots:
@@ -133,7 +136,8 @@ def toposort(roots: Iterable[Node], stop_at_realized: bool = False) -> list[Node
     return order
 
 
-def _dfs(roots: Iterable[Node], stop: bool, order: list[Node], seen: set[Node]) -> None:
+def _dfs(roots: Iterable[Node], stop: bool, order: list[Node], seen: set[Node],
+         srcs_of: Callable[[Node], Sequence[Node]] | None = None) -> None:
     opened: set[Node] = set()
     for root in roots:
         stack = [root]
@@ -149,7 +153,7 @@ def _dfs(roots: Iterable[Node], stop: bool, order: list[Node], seen: set[Node]) 
             stack.append(n)
             if stop and n.buffer is not None:
                 continue
-            srcs = n.srcs
+            srcs = n.srcs if srcs_of is None else srcs_of(n)
             for k in range(len(srcs) - 1, -1, -1):
                 if srcs[k] not in seen:
                     stack.append(srcs[k])

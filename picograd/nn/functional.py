@@ -56,15 +56,6 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     return x.dropout(p, training)
 
 
-def _check_dropout_p(op: str, p: Any) -> float:
-    # bool is an int subclass: Dropout(True) is a mistake, not p = 1
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{op}: p must be a number in [0, 1], got {type(p).__name__} {p!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{op}: p must be in [0, 1], got {p}")
-    return float(p)
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias, with weight of shape (out_features, in_features) as in PyTorch."""
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:

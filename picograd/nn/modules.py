@@ -18,6 +18,7 @@ from .. import recording
 from .. import tensor as _tensor
 from ..ir.node import Buffer, buffer_node
 from ..tensor import Tensor
+from ..tensor_ops import check_dropout_p
 from . import functional as F
 
 
@@ -436,7 +437,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        self.p = F._check_dropout_p("Dropout", p)
+        self.p = check_dropout_p("Dropout", p)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.dropout(x, self.p, self.training)
