@@ -89,6 +89,16 @@ model = nn.Sequential(nn.Linear(784, 800), nn.ReLU(), nn.Dropout(0.5), nn.Linear
 opt = optim.Adam(model.parameters(), lr=1e-3)
 xb = np.random.default_rng(0).random((64, 784), dtype=np.float32); yb = np.arange(64) % 10
 seen = {}
+# Each program that splits k also gets a twin rendered without split-k (made while its graph is unrealized),
+# so the two can be timed on the same inputs below.
+import os
+from picograd.codegen.cuda_render import Target
+init0, twins = CudaProgram.__init__, {}
+def init(self, roots, inputs, tgt=None, build=True):
+    init0(self, roots, inputs, tgt, build)
+    if tgt is None and not twins and any(k.name.endswith("_sum") for k in self.kernels):
+        twins[id(self)] = CudaProgram(roots, inputs, Target(sim=False, sm_count=self.target.sm_count, split_k=False))
+CudaProgram.__init__ = init
 run0 = CudaProgram.run
 def spy(self, inputs):
     seen["prog"], seen["inputs"] = self, inputs
@@ -115,6 +125,20 @@ for n in (1, 200):
     t1 = time.perf_counter(); rt.synchronize(); t2 = time.perf_counter()
 print(f"program alone, 200 runs: host {1e6 * (t1 - t) / 200:.1f} us/run to enqueue, {1e6 * (t2 - t) / 200:.1f} us/run "
       "until the GPU is done")
+# Per kernel, the GPU's own time (CUDA events between launches), with split-k and without; the program runs
+# the training step again each time (its updates land on the model: this is after the timings above).
+twin = twins.get(id(prog))
+tables = [("split-k", prog)] + ([("no split-k", twin)] if twin is not None else [])
+for label, p in tables:
+    kt = p.kernel_times(inputs, reps=50)
+    print(f"kernels ({label}): {1e6 * sum(t for _, t in kt):.1f} us on the GPU per step")
+    for (name, secs), r in zip(kt, p.kernels):
+        print(f"  {name[:48]:48s} grid {str(r.grid):16s} block {str(r.block):14s} {1e6 * secs:8.1f} us")
+    rt.synchronize(); t = time.perf_counter()
+    for _ in range(200):
+        p.run(inputs)
+    rt.synchronize()
+    print(f"  ({label}) program alone: {1e6 * (time.perf_counter() - t) / 200:.1f} us/run until the GPU is done")
 # the same step through pg.jit (what the benchmark's "lazy" trainer and the example run): no graph is built
 @pg.jit
 def jstep(x, y):
@@ -132,6 +156,9 @@ for sync_each in (False, True):
           f"{1e6 * (t2 - t) / 200:.1f} us/step until the GPU is done")
 print("stats", pc.stats())
 PYEOF
+
+# The host's share of a jit step on this machine's CPU, with a driver that does nothing (seconds).
+step "benchmarks/cuda_host.py (host share, null driver)" 120 $PY benchmarks/cuda_host.py --steps 2000
 
 if [ -f benchmarks/mnist.py ]; then
   step "benchmarks/mnist.py --device cuda (seed: $EPOCHS epochs; mlp: 3)" 360 \

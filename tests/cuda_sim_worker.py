@@ -190,6 +190,40 @@ def check_misc() -> dict[str, str]:
         np.testing.assert_allclose((Tensor(x, device="cuda") @ Tensor(y, device="cuda")).numpy(), x @ y,
                                    rtol=1e-5, atol=1e-4)
 
+    def split_k() -> None:  # long products with few output tiles: partial tiles, then a kernel adding them
+        from picograd.debug import Capture
+
+        rng = np.random.default_rng(3)
+        a, w = rng.standard_normal((6, 150)).astype(np.float32), rng.standard_normal((5, 150)).astype(np.float32)
+        c, q = rng.standard_normal(5).astype(np.float32), rng.standard_normal((150, 3)).astype(np.float32)
+        x, y = rng.standard_normal((3, 4, 200)).astype(np.float32), rng.standard_normal((3, 200, 2)).astype(np.float32)
+        # The simulator's tiny tiles, then a 3-SM GPU's (16x32 tiles, 256-thread blocks; slower to simulate).
+        for sms, splits_at_least in ((None, 3), ("3", 2)):
+            if sms:
+                os.environ["PICOGRAD_CUDA_SIM_SMS"] = sms
+            picograd.cuda.clear_cache()  # programs are cached by graph, not by launch configuration
+            try:
+                with Capture(profile=False) as cap:
+                    ta, tw, tc = (Tensor(v, device="cuda", requires_grad=True) for v in (a, w, c))
+                    out = (ta @ tw.T + tc).relu()  # an epilogue: bias, ReLU, and the pre-activation kept for backward
+                    (out * out).sum().backward()
+                    flipped = (ta @ Tensor(q, device="cuda")).T * 2  # stored transposed
+                    batched = Tensor(x, device="cuda") @ Tensor(y, device="cuda")  # past the small grid's z limit
+                    pg.realize(out, ta.grad, tw.grad, tc.grad, flipped, batched)
+            finally:
+                os.environ.pop("PICOGRAD_CUDA_SIM_SMS", None)
+                picograd.cuda.clear_cache()
+            sums = [k.name for rec in cap.programs for k in rec.kernels if k.name.endswith("_sum")]
+            assert len(sums) >= splits_at_least or os.environ.get("PICOGRAD_CUDA_SPLIT_K") == "0", (sms, sums)
+            want = np.maximum(a @ w.T + c, 0)
+            g = 2 * want * (want > 0)
+            np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(ta.grad.numpy(), g @ w, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(tw.grad.numpy(), g.T @ a, rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(tc.grad.numpy(), g.sum(0), rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(flipped.numpy(), (a @ q).T * 2, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(batched.numpy(), x @ y, rtol=1e-5, atol=1e-4)
+
     def long_reductions() -> None:  # big enough for the tree and two-pass templates on a GPU
         rng = np.random.default_rng(2)
         from picograd.codegen.cuda_runtime import simulated
@@ -245,6 +279,7 @@ def check_misc() -> dict[str, str]:
         np.testing.assert_array_equal((x @ w).sum(axis=0).numpy(), np.zeros(4, np.float32))
 
     case("matmul_tiles", tiles)
+    case("split_k", split_k)
     case("empty_batch", empty_batch)
     case("inspection", inspection)
     case("small_ints", small_ints)

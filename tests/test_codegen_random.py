@@ -28,7 +28,7 @@ BINARY = ["add", "sub", "mul", "maximum", "minimum", "where_gt", "div"]
 OPS = UNARY + BINARY + ["sum", "max", "mean", "permute", "reshape", "expand", "slice", "matmul", "flip"]
 # recipes(wide=True), for backends whose bugs hide in sizes and dtypes (the CUDA fuzzer: tests/test_cuda_random.py):
 # dimensions that straddle tiles and thread blocks (or are empty), integer and bool inputs, and these ops too.
-WIDE_DIMS = (0, 1, 1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 31, 33, 40, 65, 100)
+WIDE_DIMS = (0, 1, 1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 31, 33, 40, 65, 100, 130)  # 130: split-k at GPU tiles
 WIDE_DTYPES = ("float32",) * 5 + ("int32", "int8", "uint8", "int64", "bool")
 WIDE_OPS = ["cast", "cmp", "argmax", "softmax", "dropout", "matmul2", "int_pow", "abs", "clip", "pow", "min"]
 WIDE_CHOICES = OPS + WIDE_OPS + ["matmul2"] * 3 + ["sum", "max"]  # matmuls need operands that line up: more tries

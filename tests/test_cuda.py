@@ -35,8 +35,8 @@ import picograd.cuda as pcuda
 from picograd import Tensor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXTRA = ["mlp_train", "mlp_cache_hit", "mlp_jit", "matmul_tiles", "inspection", "small_ints", "long_reductions",
-         "devices", "empty_batch"]
+EXTRA = ["mlp_train", "mlp_cache_hit", "mlp_jit", "matmul_tiles", "split_k", "inspection", "small_ints",
+         "long_reductions", "devices", "empty_batch"]
 # Rows whose graphs hold reductions: rerun with the tree and two-pass templates forced.
 REDUCING = [r.name for r in ROWS if re.search(r"sum|mean|max|min|softmax|argmax|loss|entropy|mlp|matmul|dot", r.name)]
 
@@ -96,10 +96,10 @@ def test_simulator_two_pass_reduce(sim_split: dict[str, str], name: str) -> None
 
 
 # ---- PTX ---------------------------------------------------------------------------------------------
-def _render_captured(fn) -> Any:  # noqa: ANN001
-    """The CUDA program (rendered for sm_90, not compiled) of the one realize fn() triggers; the realize
-    itself is computed by the numpy backend. Rendered inside the backend call: afterwards the roots hold
-    buffers and would read as inputs."""
+def _render_captured(fn, **target: Any) -> Any:  # noqa: ANN001
+    """The CUDA program (rendered for sm_90 with 132 SMs, or as `target` says; not compiled) of the one realize
+    fn() triggers; the realize itself is computed by the numpy backend. Rendered inside the backend call:
+    afterwards the roots hold buffers and would read as inputs."""
     from picograd.codegen.cuda import CudaProgram
     from picograd.codegen.cuda_render import Target
     from picograd.ir.node import structural_key
@@ -110,7 +110,7 @@ def _render_captured(fn) -> Any:  # noqa: ANN001
 
     def backend(roots: list) -> list:
         _, inputs = structural_key(roots)
-        got.append(CudaProgram(roots, inputs, Target(sim=False, sm_count=132), build=False))
+        got.append(CudaProgram(roots, inputs, Target(**{"sim": False, "sm_count": 132, **target}), build=False))
         return evaluate(roots)
 
     register_backend("_capture", backend)
@@ -207,7 +207,7 @@ def test_matmul_epilogue_loads_first_and_stores_coalesced() -> None:
         pg.realize(loss)
 
     prog = _render_captured(step)
-    matmuls = [r for r in prog.kernels if "_matmul_" in r.name and not r.name.endswith(("_red", "_p2"))]
+    matmuls = [r for r in prog.kernels if "_matmul_" in r.name and not r.name.endswith(("_red", "_p2", "_sum"))]
     assert len(matmuls) >= 4, [r.name for r in prog.kernels]
     transposed = 0
     for r in matmuls:
@@ -219,6 +219,77 @@ def test_matmul_epilogue_loads_first_and_stores_coalesced() -> None:
         assert _matmul_store_stride_axis(r.source) == "x", r.source
         transposed += "rt = cuda.threadIdx.x" in r.source
     assert transposed >= 2, "expected the weight gradients' kernels to store transposed"
+
+
+def _seed_layer() -> None:
+    """The first layer of the seed model at batch 64, forward and backward: 64 x 784 @ 784 x 800 + bias, ReLU."""
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.random((64, 784), dtype=np.float32))
+    w = Tensor(rng.random((784, 800), dtype=np.float32) - 0.5, requires_grad=True)
+    b = Tensor(np.zeros(800, np.float32), requires_grad=True)
+    h = (x @ w + b).relu()
+    h.sum().backward()
+    pg.realize(h, w.grad, b.grad)
+
+
+def test_split_k_fills_the_gpu_for_small_batch_products() -> None:
+    # 64 x 800 outputs are 100 tiles of 16 x 32: fewer blocks than an H100's 132 SMs, each walking 49 k-steps
+    # in turn. Split-k runs several blocks per tile over parts of k, and a second kernel adds the partials in
+    # a fixed order and runs the fused epilogue (bias, ReLU). The weight gradient (k = 64) is not split.
+    from picograd.codegen.cuda_matmul import MIN_STEPS
+
+    prog = _render_captured(_seed_layer)
+    names = [r.name for r in prog.kernels]
+    (fwd,) = [r for r in prog.kernels if "_matmul_64x784x800" in r.name and not r.name.endswith(("_sum", "_red"))]
+    (add,) = [r for r in prog.kernels if r.name == fwd.name + "_sum"]
+    assert names.index(add.name) == names.index(fwd.name) + 1
+    blocks = fwd.grid[0] * fwd.grid[1] * fwd.grid[2]
+    splits = fwd.grid[0] // 25
+    assert blocks == 100 * splits and blocks >= 2 * 132, (fwd.grid, fwd.block)
+    assert fwd.workspace == add.workspace == {"part": ((splits * 64 * 800,), np.float32)}
+    step = int(re.search(r"kb = sk \* (\d+)", fwd.source).group(1))
+    assert step >= 16 * MIN_STEPS and (splits - 1) * step < 784 <= splits * step  # every split has k to do
+    assert not re.search(r"\bb\d+\[", fwd.source.split("cuda.syncthreads()")[-1])  # stores partials only
+    assert f"for s in range(1, {splits}):" in add.source and re.search(r"\bb\d+\[i\] = ", add.source)
+    assert not any(r.name.endswith("_sum") for r in prog.kernels if "_matmul_784x64x800" in r.name)
+    off = _render_captured(_seed_layer, split_k=False)
+    assert not any(r.name.endswith("_sum") for r in off.kernels)
+    (one,) = [r for r in off.kernels if "_matmul_64x784x800" in r.name and not r.name.endswith("_red")]
+    assert one.grid[0] * one.grid[1] == 100
+
+
+def test_split_k_ranges_cover_k_once() -> None:
+    from picograd.codegen.cuda_matmul import MAX_SPLITS, MIN_STEPS, split_k
+    from picograd.codegen.cuda_render import Target
+
+    for tgt in (Target(sim=False, sm_count=132), Target(sim=True), Target(sim=False, sm_count=132, split_k=False)):
+        for blocks in (1, 3, 4, 50, 100, 131, 132, 1000):
+            for steps in (1, 7, 8, 9, 49, 50, 63, 1000, 4096):
+                s, per = split_k(blocks, steps, tgt)
+                assert (s - 1) * per < steps <= s * per, (blocks, steps, s, per)  # no split left without work
+                fill = 4 if tgt.small else tgt.sm_count
+                if s > 1:
+                    assert tgt.split_k and blocks < fill and per >= MIN_STEPS and s <= MAX_SPLITS
+                else:
+                    assert per == steps
+                    assert not tgt.split_k or blocks >= fill or steps < 2 * MIN_STEPS, (blocks, steps)
+
+
+def test_split_k_kernels_compile_to_ptx() -> None:
+    try:
+        from numba import cuda, types
+
+        cuda.compile_ptx(lambda a: None, (types.CPointer(types.float32),), cc=(9, 0))
+    except Exception as e:  # pragma: no cover - depends on the installed extra
+        pytest.skip(f"compile_ptx needs numba-cuda[cu13] (NVVM): {type(e).__name__}: {e}")
+    from picograd.codegen.cuda import compile_ptx
+
+    prog = _render_captured(_seed_layer)
+    split = [r for r in prog.kernels if "_matmul_64x784x800" in r.name and not r.name.endswith("_red")]
+    assert len(split) == 2
+    ptx = compile_ptx(prog.source, split, prog.dtypes, (9, 0))
+    for r in split:
+        assert not _f64_ops(ptx[r.name][0]), r.name
 
 
 def _shared_bytes(source: str) -> int:
@@ -361,6 +432,62 @@ def _f64_ops(ptx: str) -> set[str]:
 
 
 # ---- errors without the extra or a GPU ---------------------------------------------------------------------
+def test_kernel_times_bracket_each_launch_with_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gpu_check's per-kernel GPU times: an event before the first launch and after each, read as the gaps
+    # between them. A fake driver whose clock each launch moves by a known amount.
+    from picograd.codegen import cuda_runtime as rt
+
+    rng = np.random.default_rng(0)
+    x, w = Tensor(rng.random((6, 150), dtype=np.float32)), Tensor(rng.random((150, 5), dtype=np.float32))
+    prog = _render_captured(lambda: pg.realize((x @ w).relu().sum(axis=0)))
+    cost = {r.name: 1.5 * (i + 1) for i, r in enumerate(prog.kernels)}  # ms each launch takes
+    log: list[tuple[str, Any]] = []
+    now = [0.0]
+
+    class Cu:
+        def cuLaunchKernel(self, fn: str, *rest: Any) -> tuple[int]:
+            log.append(("launch", fn))
+            now[0] += cost[fn]
+            return (0,)
+
+    class Fake(_FakeDriver):
+        cu, _ok, stream, params_by_address = Cu(), 0, 0, True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.mem, self.stamps, self.made = bytearray(1 << 22), {}, 0
+
+        def event(self) -> int:
+            self.made += 1
+            return self.made
+
+        def record(self, ev: int) -> None:
+            log.append(("record", ev))
+            self.stamps[ev] = now[0]
+
+        def elapsed_ms(self, a: int, b: int) -> float:
+            return self.stamps[b] - self.stamps[a]
+
+        def destroy_event(self, ev: int) -> None:
+            log.append(("destroy", ev))
+
+    fake = Fake()
+    monkeypatch.setattr(rt, "simulated", lambda: False)
+    monkeypatch.setattr(rt, "_driver", [fake])
+    prog.launches = [rt.Launch(r.name, r.name, r.grid, r.block, 0, list(range(len(r.params)))) for r in prog.kernels]
+    for launch in prog.launches:
+        launch.bind(prog.table, fake)
+    inputs = [rng.random(s.shape, dtype=np.float32) for s in prog.slots[: prog.n_in]]
+    got = prog.kernel_times(inputs, reps=3)
+    assert [n for n, _ in got] == [r.name for r in prog.kernels] and any(n.endswith("_sum") for n, _ in got)
+    for name, secs in got:
+        assert secs == pytest.approx(cost[name] / 1e3), name
+    launches = [what for what in log if what[0] != "destroy"]
+    assert len(launches) == 3 * (2 * len(prog.kernels) + 1)
+    assert [k for k, _ in launches[: 2 * len(prog.kernels) + 1]] == ["record"] + ["launch", "record"] * len(cost)
+    assert sum(k == "destroy" for k, _ in log) == len(prog.kernels) + 1
+
+
 def test_is_available_is_a_bool() -> None:
     assert pcuda.is_available() in (True, False)
 

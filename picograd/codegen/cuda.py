@@ -21,7 +21,8 @@ import numpy as np
 
 from ..ir.node import Node
 from . import cuda_runtime as rt
-from .cuda_render import SHARED_BYTES, Rendered, Target, render_elementwise, render_matmul, render_reduce
+from .cuda_matmul import render_matmul
+from .cuda_render import SHARED_BYTES, Rendered, Target, render_elementwise, render_reduce
 from .schedule import Kernel, schedule
 
 VERSION = "cuda-1"  # bump when generated code changes meaning: salts the disk cache
@@ -30,12 +31,15 @@ HEADER = "import math\nimport numpy as np\nfrom numba import cuda\n\n"
 
 # ---- compiling ------------------------------------------------------------------------------------------
 def target() -> Target:
+    split = os.environ.get("PICOGRAD_CUDA_SPLIT_K", "1") != "0"  # 0: no split-k (to measure what it gains)
     if rt.simulated():
         # PICOGRAD_CUDA_SIM_SMS=n: render for a GPU with n SMs (its blocks and matmul tiles) and simulate that,
         # slowly (256 Python threads a block), to test the launch configurations a real GPU runs.
         sms = int(os.environ.get("PICOGRAD_CUDA_SIM_SMS", "0"))
-        return Target(sim=True, sm_count=sms, gpu_launch=True) if sms > 0 else Target(sim=True)
-    return Target(sim=False, sm_count=rt.driver().sm_count)
+        if sms > 0:
+            return Target(sim=True, sm_count=sms, gpu_launch=True, split_k=split)
+        return Target(sim=True, split_k=split)
+    return Target(sim=False, sm_count=rt.driver().sm_count, split_k=split)
 
 
 def _cache_dir() -> str:
@@ -248,7 +252,7 @@ class CudaProgram:
             # matmul's buffer (which the schedule materializes anyway). An empty product (a batch of none)
             # has nothing to store, but its reductions still write their zeros; CUDA refuses a grid of 0 blocks.
             if k.matmul.size:
-                out.append(render_matmul(name, k.matmul, named([k.matmul] + k.stores), params, self.target))
+                out += render_matmul(name, k.matmul, named([k.matmul] + k.stores), params, self.target)
             if k.reduces:
                 params2 = dict(params)
                 params2[id(k.matmul)] = f"b{slot_of[id(k.matmul)]}"
@@ -277,6 +281,45 @@ class CudaProgram:
         return launches
 
     def run(self, inputs: list[Any]) -> list[rt.CudaArray]:
+        arrays = self._arrays(inputs)
+        if self.target.sim:
+            args = [a.flat_arg() for a in arrays]
+            for launch in self.launches:
+                launch.run_sim(args)
+        else:
+            d = rt.driver()
+            for launch in self.launches:
+                launch.run_gpu(d)
+        if self.views:
+            return [arrays[s] if arrays[s].shape == shape else arrays[s].reshape(shape) for s, shape in self.results]
+        return [arrays[s] for s, _ in self.results]
+
+    def kernel_times(self, inputs: list[Any], reps: int = 20) -> list[tuple[str, float]]:
+        """(kernel name, median seconds on the GPU) for each launch over `reps` runs on `inputs`: CUDA events
+        recorded between the launches, so host overhead is not in it (but each event's own gap is). A GPU only;
+        for gpu_check and whoever tunes the templates."""
+        if self.target.sim:
+            raise RuntimeError("cuda: kernel times need a GPU (the simulator has no clock)")
+        d = rt.driver()
+        events = [d.event() for _ in range(len(self.launches) + 1)]
+        times: list[list[float]] = [[] for _ in self.launches]
+        try:
+            for _ in range(reps):
+                arrays = self._arrays(inputs)  # held until the kernels are done: outputs are freed stream-ordered
+                d.record(events[0])
+                for launch, ev in zip(self.launches, events[1:], strict=True):
+                    launch.run_gpu(d)
+                    d.record(ev)
+                for i in range(len(self.launches)):
+                    times[i].append(d.elapsed_ms(events[i], events[i + 1]) / 1e3)
+                del arrays
+        finally:
+            for ev in events:
+                d.destroy_event(ev)
+        return [(launch.name, float(np.median(ts))) for launch, ts in zip(self.launches, times, strict=True)]
+
+    def _arrays(self, inputs: list[Any]) -> list[Any]:
+        """Every slot's array for one run (inputs, fresh outputs, the workspace); on a GPU, the slot table too."""
         arrays: list[Any] = list(inputs)
         host = [i for i, x in enumerate(arrays) if not isinstance(x, rt.CudaArray)]  # e.g. a jit step's scalars
         if host:
@@ -289,18 +332,9 @@ class CudaProgram:
             self.workspace = [rt.empty(self.slots[s].shape, self.slots[s].dtype) for s in self.temp_slots]
         for s, a in zip(self.temp_slots, self.workspace, strict=True):
             arrays[s] = a
-        if self.target.sim:
-            args = [a.flat_arg() for a in arrays]
-            for launch in self.launches:
-                launch.run_sim(args)
-        else:
+        if not self.target.sim:
             self.table[:] = [a.ptr for a in arrays]
-            d = rt.driver()
-            for launch in self.launches:
-                launch.run_gpu(d)
-        if self.views:
-            return [arrays[s] if arrays[s].shape == shape else arrays[s].reshape(shape) for s, shape in self.results]
-        return [arrays[s] for s, _ in self.results]
+        return arrays
 
 
 def _check_launch(r: Rendered) -> None:

@@ -1,6 +1,6 @@
-"""Kernel templates for numba.cuda: grid-stride elementwise loops, reductions (a thread per output, a
-shared-memory tree per output, or two passes over a split axis) and shared-memory tiled matmul with a
-fused epilogue. Launch configurations are chosen here from the (static) shapes.
+"""Kernel templates for numba.cuda: grid-stride elementwise loops and reductions (a thread per output, a
+shared-memory tree per output, or two passes over a split axis); the tiled matmul is in cuda_matmul.
+Launch configurations are chosen here from the (static) shapes.
 
 Each template returns `Rendered` kernels: Python source of one `def` whose parameters are flat buffers
 (pointers on a GPU, 1-D arrays on the simulator), the parameter list as slot names, and the launch
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir.node import Node
-from .cuda_expr import Emitter, clamp, lit, lowest, np_name
+from .cuda_expr import Emitter, lit, lowest, np_name
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Target:
     sim: bool  # kernels run on numba's CUDA simulator: plain Python, so numpy's scalar math
     sm_count: int = 132
     gpu_launch: bool = False  # on the simulator, a GPU's launch configurations (blocks, tiles) instead of tiny ones
+    split_k: bool = True  # a long matmul with too few output tiles to fill the GPU splits k (cuda_matmul)
 
     @property
     def small(self) -> bool:
@@ -349,174 +350,3 @@ def _reduce_blocks(job: _ReduceJob, mode: str, block: int) -> list[Rendered]:
     second = Rendered(name + "_p2", _source(name + "_p2", names2, e2), names2, (blocks, 1, 1),
                       (target.block, 1, 1), work)
     return [first, second]
-
-
-# ---- matmul ---------------------------------------------------------------------------------------
-# (TM, TN, TK, RM, RN): a block computes a TM x TN tile, each thread an RM x RN register tile.
-_MM_CONFIGS = ((64, 64, 16, 4, 4), (32, 64, 16, 2, 4), (32, 32, 16, 2, 2), (16, 32, 16, 1, 2))
-_MM_SIM = (8, 8, 4, 2, 2)
-
-
-def matmul_config(m: int, n: int, batch: int, target: Target) -> tuple[int, int, int, int, int]:
-    """The biggest tile that still gives every SM a block; small problems fall to the smallest tile."""
-    if target.small:
-        return _MM_SIM
-    for cfg in _MM_CONFIGS:
-        if _cdiv(m, cfg[0]) * _cdiv(n, cfg[1]) * batch >= target.sm_count:
-            return cfg
-    return _MM_CONFIGS[-1]
-
-
-def _last_contiguous(x: Node) -> bool:
-    """Whether consecutive positions along a matmul operand's last axis are (probably) adjacent in memory;
-    picks which way the tile loads walk so a warp's reads coalesce. A guess from the movement chain;
-    correctness never depends on it."""
-    flips = 0
-    while x.op in ("permute", "expand", "reshape", "detach", "cast", "neg"):
-        if x.op == "permute" and x.arg[-1] != len(x.arg) - 1:
-            flips += 1
-        x = x.srcs[0]
-    return flips % 2 == 0
-
-
-def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params: dict[int, str], target: Target
-                  ) -> Rendered:
-    """top: the schedule's k.matmul, a matmul or the swap of its last two axes (then each register is stored
-    transposed: one kernel instead of a matmul and a copy)."""
-    mm = top.srcs[0] if top.op == "permute" else top
-    transposed = mm is not top
-    a, b = mm.srcs
-    batched = len(mm.shape) == 3
-    nb = mm.shape[0] if batched else 1
-    m, n = mm.shape[-2:]
-    k = a.shape[-1]
-    tm, tn, tk, rm, rn = matmul_config(m, n, nb, target)
-    # A thread owns rows `rt + i * nrt` and columns `ct + j * nct` of the tile. threadIdx.x (consecutive lanes
-    # of a warp) runs along the axis that is contiguous in the output: columns, or rows when the result is
-    # stored transposed (a weight gradient), so the epilogue's loads and stores coalesce either way.
-    nrt, nct = tm // rm, tn // rn
-    rt, ct = ("cuda.threadIdx.x", "cuda.threadIdx.y") if transposed else ("cuda.threadIdx.y", "cuda.threadIdx.x")
-    threads = nrt * nct
-    e = Emitter(params, target.sim)
-    e.line(f"rt = {rt}")
-    e.line(f"ct = {ct}")
-    e.line(f"t = cuda.threadIdx.y * {nrt if transposed else nct} + cuda.threadIdx.x")
-    e.line(f"bj = cuda.blockIdx.x * {tn}")
-    # Past CUDA's 65535 blocks along y (rows) or z (batch), a block loops over several row tiles / matrices.
-    row_tiles, loops = _cdiv(m, tm), []
-    gy, gz = min(row_tiles, target.max_grid_yz), min(nb, target.max_grid_yz)
-    e.line("bz = cuda.blockIdx.z")
-    if gz < nb:
-        e.line(f"while bz < {nb}:")
-        e.push()
-        loops.append("bz += cuda.gridDim.z")
-    if gy < row_tiles:
-        e.line("by = cuda.blockIdx.y")
-        e.line(f"while by < {row_tiles}:")
-        e.push()
-        e.line(f"bi = by * {tm}")
-        loops.append("by += cuda.gridDim.y")
-    else:
-        e.line(f"bi = cuda.blockIdx.y * {tm}")
-    acc = [[f"c{i}_{j}" for j in range(rn)] for i in range(rm)]
-    for row in acc:
-        for c in row:
-            e.line(f"{c} = {lit(0, mm.dtype)}")
-    e.line(f"for k0 in range(0, {k}, {tk}):")
-    e.push()
-
-    def tile(x: Node, rows: int, cols: int, smem: str, a_side: bool) -> None:
-        # Element ee of the tile: walk along the operand's last axis (k of A, n of B) first when it is
-        # contiguous in memory, else along the other one.
-        contiguous = _last_contiguous(x)
-        for l_ in range(_cdiv(rows * cols, threads)):
-            ee = f"(t + {l_ * threads})"
-            inner, outer = (cols, rows) if contiguous else (rows, cols)
-            if a_side:  # As[kk, ii] <- A[bi + ii, k0 + kk]
-                ii, kk = (f"{ee} // {inner}", f"{ee} % {inner}") if contiguous else (f"{ee} % {inner}",
-                                                                                      f"{ee} // {inner}")
-                gi, gk = e.tmp(f"bi + {ii}", "g"), e.tmp(f"k0 + {kk}", "g")
-                cond, idx, dst = f"{gi} < {m} and {gk} < {k}", (gi, gk), f"{smem}[{kk}, {ii}]"
-            else:  # Bs[kk, jj] <- B[k0 + kk, bj + jj]
-                kk, jj = (f"{ee} // {inner}", f"{ee} % {inner}") if contiguous else (f"{ee} % {inner}",
-                                                                                      f"{ee} // {inner}")
-                gk, gj = e.tmp(f"k0 + {kk}", "g"), e.tmp(f"bj + {jj}", "g")
-                cond, idx, dst = f"{gk} < {k} and {gj} < {n}", (gk, gj), f"{smem}[{kk}, {jj}]"
-            if rows * cols % threads:
-                cond = f"{ee} < {rows * cols} and " + cond
-            full = ("bz",) + idx if batched else idx
-            e.line(f"if {cond}:")
-            e.push()
-            e.line(f"{dst} = {e.val(x, full)}")
-            e.pop()
-            if rows * cols % threads:
-                e.line(f"elif {ee} < {rows * cols}:")
-            else:
-                e.line("else:")
-            e.push()
-            e.line(f"{dst} = {lit(0, mm.dtype)}")
-            e.pop()
-
-    tile(a, tm, tk, "As", True)
-    tile(b, tk, tn, "Bs", False)
-    e.line("cuda.syncthreads()")
-    e.line(f"for kk in range({tk}):")
-    e.push()
-    for i in range(rm):
-        e.line(f"ra{i} = As[kk, rt + {i * nrt}]")
-    for j in range(rn):
-        e.line(f"rb{j} = Bs[kk, ct + {j * nct}]")
-    for i in range(rm):
-        for j in range(rn):
-            e.line(f"{acc[i][j]} += ra{i} * rb{j}")
-    e.pop()
-    e.line("cuda.syncthreads()")
-    e.pop()
-    # Epilogue, in two phases: every register's fused values first (loads at a clamped, always valid index),
-    # then all the stores. numba cannot mark the buffers noalias, so a load emitted after a store waits for it;
-    # this way a thread's loads (Adam's moments and weights, say) are all in flight at once, and a load that is
-    # the same for every register (a host scalar) is made once.
-    edge_m, edge_n = m % tm != 0, n % tn != 0
-    ii_, jj_, cols = (1, 0, m) if transposed else (0, 1, n)
-    stores: list[tuple[str, str, list[tuple[str, str, Node]]]] = []  # (in-bounds test, flat, [(buffer, value, node)])
-    for i in range(rm):
-        for j in range(rn):
-            gi = e.tmp(f"bi + rt + {i * nrt}", "gi")
-            gj = e.tmp(f"bj + ct + {j * nct}", "gj")
-            ok = " and ".join(([f"{gi} < {m}"] if edge_m else []) + ([f"{gj} < {n}"] if edge_n else []))
-            ci = e.tmp(clamp(gi, 0, m - 1, low=False), "gi") if edge_m else gi
-            cj = e.tmp(clamp(gj, 0, n - 1, low=False), "gj") if edge_n else gj
-            pos = (ci, cj)
-            ii, jj = pos[ii_], pos[jj_]
-            flat = e.tmp(f"bz * {m * n} + {ii} * {cols} + {jj}" if batched else f"{ii} * {cols} + {jj}", "f")
-            idx = ("bz", ii, jj) if batched else (ii, jj)
-            e.set_flat(idx, top.shape, flat)
-            e.values[id(mm)] = e.values[id(top)] = acc[i][j]
-            vals = []
-            for o, out in outputs:
-                oidx = idx if o.shape == top.shape else e.decompose(flat, o.shape)
-                vals.append((out, e.tmp(e.val(o, oidx), "v"), o))  # a load becomes a variable here, in phase 1
-            e.values.pop(id(mm), None)
-            e.values.pop(id(top), None)
-            stores.append((ok, flat, vals))
-    for ok, flat, vals in stores:
-        if ok:
-            e.line(f"if {ok}:")
-            e.push()
-        for out, v, o in vals:
-            _store(e, out, flat, v, o)
-        if ok:
-            e.pop()
-    for step in reversed(loops):
-        e.line(step)
-        e.pop()
-    t = np_name(mm.dtype)
-    # One padding column: the tile loads write the tiles down their columns when the operand's k axis is the
-    # contiguous one, and a row length of 16/32/64 words would put a warp's writes in the same few banks.
-    prologue = [f"As = cuda.shared.array(({tk}, {tm + 1}), np.{t})",
-                f"Bs = cuda.shared.array(({tk}, {tn + 1}), np.{t})"]
-    names = _param_list(params, outputs)
-    grid = (_cdiv(n, tn), gy, gz)
-    block = (nrt, nct, 1) if transposed else (nct, nrt, 1)
-    smem = tk * (tm + 1 + tn + 1) * np.dtype(t).itemsize
-    return Rendered(name, _source(name, names, e, prologue), names, grid, block, shared_bytes=smem)

@@ -124,6 +124,20 @@ class _Driver:
     def synchronize(self) -> None:
         self._check(self.cu.cuCtxSynchronize(), "cuCtxSynchronize")
 
+    # Events time the GPU's own work (CudaProgram.kernel_times).
+    def event(self) -> Any:
+        return self._check(self.cu.cuEventCreate(0), "cuEventCreate")
+
+    def record(self, event: Any) -> None:
+        self._check(self.cu.cuEventRecord(event, self.stream), "cuEventRecord")
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        self._check(self.cu.cuEventSynchronize(end), "cuEventSynchronize")
+        return float(self._check(self.cu.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
+
+    def destroy_event(self, event: Any) -> None:
+        self.cu.cuEventDestroy(event)
+
     def load_function(self, ptx: str, name: str) -> Any:
         image = ptx.encode() + b"\0"
         try:
@@ -250,7 +264,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> CudaArray:
         host = np.empty(shape, dtype)
         host.reshape(-1).view(np.uint8)[:] = 1 if dtype == np.bool_ else 0xFF
         return CudaArray(shape, dtype, host=host)
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n = prod(shape) * dtype.itemsize
     a = _Allocation(n)
     return CudaArray(shape, dtype, a.ptr, a)
 
@@ -267,7 +281,7 @@ class Layout:
 
     def __init__(self, specs: list[tuple[tuple[int, ...], np.dtype]]) -> None:
         self.specs = [(tuple(s), np.dtype(d)) for s, d in specs]
-        sizes = [int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in self.specs]
+        sizes = [prod(s) * d.itemsize for s, d in self.specs]
         self.blocks: list[int] = []  # bytes per allocation
         self.place: list[tuple[int, int]] = [(0, 0)] * len(specs)  # (block, offset) per output
         for small in (True, False):
