@@ -19,3 +19,19 @@ def test_ops_benchmark_runs(tmp_path: Path) -> None:
     for row in ("sum(relu(x*w+b))", "softmax rows 128x10", "relu(x@W+b) 64x800x800", "the compiled program",
                 "first step, fresh process"):
         assert row in r.stdout, r.stdout
+
+
+def test_cuda_host_benchmark_runs_the_gpu_path_without_a_gpu(tmp_path: Path) -> None:
+    # benchmarks/cuda_host.py swaps in a driver that does nothing: the rows must come from the real CUDA backend
+    # (kernels launched through the driver, batches uploaded), not from a CPU fallback.
+    env = dict(os.environ, PICOGRAD_CACHE_DIR=str(tmp_path))
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda_host.py"), "--steps", "40"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.split()[:1] in (["seed"], ["mlp"])}
+    assert set(rows) == {"seed", "mlp"}, r.stdout
+    for model, ln in rows.items():
+        calls = dict(kv.split() for kv in ln.split("  ")[-1].split(", "))
+        assert float(calls["launch"]) >= 10 and float(calls["htod"]) >= 2, (model, ln)
+        assert float(ln.split()[2]) > 0, ln
