@@ -18,6 +18,8 @@ from .ir.node import Buffer, Node, buffer_node, make, phase, toposort
 from .ir.shape import broadcast_shapes, prod
 from .realize import realize_nodes
 from .tensor_ops import TensorOps
+from .tensor_reduce import ReduceOps
+from .tensor_shape import ShapeOps
 
 FLOAT32 = np.dtype(np.float32)
 _state = {"eager": os.environ.get("PICOGRAD_EAGER", "0") not in ("", "0"), "seed": 0, "counter": 0}
@@ -118,7 +120,7 @@ def _asarray(data: Any, op: str) -> np.ndarray:
                          f"nested sequences); Tensor() needs rectangular data ({e})") from e
 
 
-class Tensor(TensorOps):
+class Tensor(TensorOps, ReduceOps, ShapeOps):
     __slots__ = ("node", "_rg", "grad", "_over", "__weakref__")
     __array_priority__ = 1000  # so numpy scalars/arrays on the left defer to Tensor's operators
 
