@@ -329,7 +329,8 @@ ROWS: list[OpRow] = [
     R("int_div", lambda y: y / 2, Input((5,), "labels")),
     R("int_pow_3", lambda y: y**3, Input((5,), "labels")),
     R("int_pow_0", lambda y: y**0, Input((5,), "labels")),  # all ones, yet on the tensor's device
-    R("int_lt_huge", lambda y: y < 2**70, Input((5,), "labels")),  # all True (out of int64), on the tensor's device
+    # all True (out of int64), on the tensor's device; torch refuses the int, so it compares in float64
+    R("int_lt_huge", lambda y: y < 2**70, Input((5,), "labels"), torch_fn=lambda y: y.double() < 2.0**70),
     R("int_mean", lambda y: y.mean(), Input((5,), "labels"), torch_fn=lambda y: y.float().mean()),
     R("bool_sum", lambda c: c.sum(), Input((2, 3), "bool")),
     R("int_plus_float", lambda y, a: y + a, Input((3,), "labels"), (2, 3)),
