@@ -86,6 +86,18 @@ class NullDriver:
     def load_function(self, ptx: str, name: str) -> tuple[None, str]:
         return None, name
 
+    def event(self) -> int:
+        return 0
+
+    def record(self, event: int) -> None:
+        pass
+
+    def elapsed_ms(self, start: int, end: int) -> float:
+        return 0.0
+
+    def destroy_event(self, event: int) -> None:
+        pass
+
 
 def install() -> NullDriver:
     """Route picograd's CUDA backend to a NullDriver (for this process: there is no undoing it)."""

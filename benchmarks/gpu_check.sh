@@ -94,9 +94,10 @@ seen = {}
 import os
 from picograd.codegen.cuda_render import Target
 init0, twins = CudaProgram.__init__, {}
-def init(self, roots, inputs, tgt=None, build=True):
-    init0(self, roots, inputs, tgt, build)
-    if tgt is None and not twins and any(k.name.endswith("_sum") for k in self.kernels):
+def init(self, roots, inputs, *args, **kwargs):
+    init0(self, roots, inputs, *args, **kwargs)
+    made_here = not args and kwargs.get("tgt") is None  # by the backend, not by this twin
+    if made_here and not twins and any(k.name.endswith("_sum") for k in self.kernels):
         twins[id(self)] = CudaProgram(roots, inputs, Target(sim=False, sm_count=self.target.sm_count, split_k=False))
 CudaProgram.__init__ = init
 run0 = CudaProgram.run

@@ -35,3 +35,25 @@ def test_cuda_host_benchmark_runs_the_gpu_path_without_a_gpu(tmp_path: Path) -> 
         calls = dict(kv.split() for kv in ln.split("  ")[-1].split(", "))
         assert float(calls["launch"]) >= 10 and float(calls["htod"]) >= 2, (model, ln)
         assert float(ln.split()[2]) > 0, ln
+
+
+def test_gpu_check_python_runs_on_a_null_driver(tmp_path: Path) -> None:
+    # benchmarks/gpu_check.sh is run only when a session is lent a GPU (15 minutes): its Python must not have
+    # rotted in between. Its inline scripts run here against benchmarks/cuda_host.py's driver that does nothing
+    # (once, CudaProgram's constructor had grown an argument that the step breakdown's wrapper refused).
+    import re
+
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    scripts = re.findall(r"<<'PYEOF'\n(.*?)\nPYEOF", text, re.S)
+    scripts += [s for s in re.findall(r'\$PY -c "\n(.*?)\n"', text, re.S) if "picograd" in s]
+    assert len(scripts) >= 2, "gpu_check.sh's inline Python scripts were not found"
+    for i, script in enumerate(scripts):
+        path = tmp_path / f"script{i}.py"
+        path.write_text(script)
+        boot = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import cuda_host; cuda_host.install(); "
+                f"import runpy; runpy.run_path({str(path)!r}, run_name='__main__')")
+        env = dict(os.environ, PICOGRAD_CACHE_DIR=str(tmp_path))
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+        r = subprocess.run([sys.executable, "-c", boot], env=env, capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path)
+        assert r.returncode == 0, f"script {i}:\n{script[:300]}\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
