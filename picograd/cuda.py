@@ -22,7 +22,7 @@ import numpy as np
 from .codegen import cuda_runtime as rt
 from .codegen.cuda_runtime import CudaArray, CudaUnavailable
 from .ir.node import Node
-from .realize import register_backend, report
+from .realize import _listening, register_backend, report
 from .tensor import to_device
 
 __all__ = ["CudaArray", "CudaUnavailable", "is_available", "synchronize", "device_name", "stats", "clear_cache"]
@@ -152,7 +152,10 @@ def _build(todo: list[Node], key: Any, inputs: list[Node], has_grad: bool
         key, inputs, _, _ = graph_key(roots)
         pos = {id(n): i for i, n in enumerate(inputs)}
     # One runner per program, so a replay can tell (by identity) that it still runs the program it traced.
-    entry = (functools.partial(_run, CudaProgram(roots, used)), [pos[id(n)] for n in used])
+    # While PICOGRAD_DEBUG or picograd-dump listen, the program keeps its graph so they can tell which IR node runs
+    # in which kernel (without it they showed "0 kernels" and an unannotated graph).
+    prog = CudaProgram(roots, used, keep_graph=_listening()[0])
+    entry = (functools.partial(_run, prog), [pos[id(n)] for n in used])
     _programs[key] = entry
     return entry, inputs
 

@@ -90,7 +90,18 @@ def realize_nodes(nodes: list[Node], capture: dict | None = None,
         capture.update(todo=todo, run=None, inputs=[])
     if not todo:
         return
-    device = next((n.device for n in todo if n.device not in (None, "cpu")), None)
+    # One program per device: a realize may gather nodes of several (pg.realize(cpu_t, cuda_t), or a cuda
+    # tensor's .numpy() while a CPU model's update is pending). Sending them all to the device's backend made it
+    # refuse the CPU inputs, or compute a graph that reads none on the GPU and leave a CudaArray in a CPU tensor.
+    # Nodes without a device (constants alone) are computed on the host, as they are in a realize of their own.
+    groups: dict[str | None, list[Node]] = {}
+    for n in todo:
+        groups.setdefault(n.device if n.device not in (None, "cpu") else None, []).append(n)
+    if len(groups) > 1:  # (picograd.jit cannot replay this: capture's run stays None and the step runs plainly)
+        for group in groups.values():
+            realize_nodes(group, over=over)
+        return
+    (device,) = groups
     name = device if device is not None else backend_name()
     if name not in _backends:
         raise ValueError(f"realize: unknown backend {name!r} (known: {sorted(_backends)})")

@@ -110,7 +110,8 @@ class Plan:
         if not cap["todo"]:
             return NOTHING
         if cap["run"] is None:
-            return "its backend cannot replay programs (the numpy interpreter, or a graph too big to compile)"
+            return ("its backend cannot replay programs (the numpy interpreter, a graph too big to compile, or "
+                    "tensors of more than one device realized together)")
         p = Plan()
         p.run, p.actions, p.out = cap["run"], log.actions, _skeleton(out)
         args = {id(t.node.buffer): i for i, t in enumerate(flat)}

@@ -311,8 +311,12 @@ class Tensor(TensorOps, ReduceOps, ShapeOps):
             if seed.dtype != self.dtype:
                 raise TypeError(f"backward: gradient {seed.dtype}{list(seed.shape)} has another dtype than the tensor "
                                 f"{self.dtype}{list(self.shape)}; cast it with .cast({self.dtype})")
-        else:  # host data (a list of ints too) is the tensor's dtype, as a Python scalar operand would be
-            seed = Tensor(_asarray(gradient, "backward"), dtype=self.dtype, requires_grad=False).node
+            if seed.device and self.node.device and seed.device != self.node.device:  # (a constant has none)
+                raise ValueError(f"backward: gradient {seed.dtype}{list(seed.shape)} is on {gradient.device}, the "
+                                 f"tensor on {self.device}; move it with .to({self.device!r})")
+        else:  # host data (a list of ints too) is the tensor's dtype and on its device, as a Python scalar would be
+            host = _asarray(gradient, "backward")
+            seed = Tensor(host, dtype=self.dtype, requires_grad=False, device=self.device).node
         if seed is not None and seed.shape != self.shape:
             raise ValueError(f"backward: gradient shape {seed.shape} differs from tensor shape {self.shape}")
         # Placeholders only: realize() expands them into the VJP graph when it has to compile, so a
@@ -572,8 +576,10 @@ def _as_node(x: Any, like: Tensor, op: str | None = None) -> Tensor:
         raise TypeError(f"{op or 'operand'}: cannot combine a {like.dtype}{list(like.shape)} tensor with "
                         f"{type(x).__name__} {_short(x)} (data of dtype {arr.dtype}); expected a Tensor, a number or "
                         f"numeric array data")
-    # Float data meeting a float tensor takes its width; meeting an integer tensor it stays float (float32).
-    return Tensor(arr, dtype=like.dtype if arr.dtype.kind == "f" and like.dtype.kind == "f" else None)
+    # Float data meeting a float tensor takes its width; meeting an integer tensor it stays float (float32). Host
+    # data goes to the tensor's device, as a Python scalar does (and as assign and t[i] = data do).
+    return Tensor(arr, dtype=like.dtype if arr.dtype.kind == "f" and like.dtype.kind == "f" else None,
+                  device=like.device)
 
 
 def _short(x: Any) -> str:

@@ -278,6 +278,114 @@ def check_misc() -> dict[str, str]:
         np.testing.assert_array_equal(b.grad.numpy(), np.zeros(4, np.float32))
         np.testing.assert_array_equal((x @ w).sum(axis=0).numpy(), np.zeros(4, np.float32))
 
+    def host_backend(fn):  # noqa: ANN001, ANN202 - cpu tensors on the numpy interpreter (main() set "cuda")
+        def run() -> None:
+            old = os.environ.get("PICOGRAD_BACKEND")
+            os.environ["PICOGRAD_BACKEND"] = "numpy"
+            try:
+                fn()
+            finally:
+                os.environ["PICOGRAD_BACKEND"] = old if old is not None else "cpu"
+
+        return run
+
+    @host_backend
+    def mixed_device_realize() -> None:  # one realize gathering cpu and cuda nodes: a program per device
+        a = Tensor(np.ones(3, np.float32)) * 2  # reads a cpu buffer
+        c = Tensor(np.ones(3, np.float32), device="cuda") * 3
+        pg.realize(a, c)
+        assert isinstance(a.node.buffer.data, np.ndarray) and a.node.buffer.device == "cpu", a.node.buffer
+        assert isinstance(c.node.buffer.data, picograd.cuda.CudaArray), c.node.buffer
+        np.testing.assert_array_equal(a.numpy(), np.full(3, 2, np.float32))
+        np.testing.assert_array_equal(c.numpy(), np.full(3, 3, np.float32))
+        # a CPU gradient that reads no buffer (d(2w)/dw), pending while a cuda value is read: it was computed by
+        # the cuda program, and the CPU tensor then held a CudaArray that CPU programs could not read
+        w = Tensor(np.ones(3, np.float32), requires_grad=True)
+        (w * 2).sum().backward()
+        assert (Tensor(np.ones(3, np.float32), device="cuda") * 3).sum().item() == 9.0
+        assert isinstance(w.grad.node.buffer.data, np.ndarray), type(w.grad.node.buffer.data)
+        np.testing.assert_array_equal((w.grad + w).numpy(), np.full(3, 3, np.float32))
+
+    @host_backend
+    def module_to_moves_grads() -> None:  # as torch's Module.to: gradients follow their parameters
+        from picograd import nn, optim
+
+        out = {}
+        for dev in ("cpu", "cuda"):
+            pg.manual_seed(0)
+            m = nn.Linear(2, 3)
+            opt = optim.SGD(m.parameters(), lr=0.1)
+            m(Tensor(np.ones((1, 2), np.float32))).sum().backward()
+            m.to(dev)
+            assert all(p.grad.device == dev for p in m.parameters()), [p.grad.device for p in m.parameters()]
+            opt.step()  # mixed devices before: cuda parameters with cpu gradients
+            out[dev] = [p.numpy() for p in m.parameters()]
+        for a, b in zip(out["cpu"], out["cuda"], strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-6)
+
+    def jit_after_module_to() -> None:  # a step traced on the GPU must not replay over a model moved off it
+        from picograd import nn, optim
+
+        pg.manual_seed(0)
+        m = nn.Linear(3, 2).to("cuda")
+        opt = optim.SGD(m.parameters(), lr=0.1)
+
+        @pg.jit
+        def step(x: Tensor) -> Tensor:
+            opt.zero_grad()
+            loss = m(x).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        x = Tensor(np.ones((2, 3), np.float32), device="cuda")
+        for _ in range(4):
+            step(x)
+        assert step.stats["replayed"] >= 1, step.stats
+        m.to("cpu")
+        try:  # the Python mixes devices; the replay ran the cuda program and moved the parameters back
+            step(x)
+        except ValueError as e:
+            assert "device" in str(e), e
+        else:
+            raise AssertionError(f"no error; parameters on {[p.device for p in m.parameters()]}")
+        assert all(isinstance(p.node.buffer.data, np.ndarray) for p in m.parameters())
+
+    @host_backend
+    def host_data_and_devices() -> None:  # host data meets a cuda tensor as a scalar would; devices mixed at build
+        a = np.array([1.0, 2.0, 3.0], np.float32)
+        x = Tensor(a, device="cuda", requires_grad=True)
+        got = x * np.array([2.0, 0.5, 1.0], np.float32) + [1.0, 1.0, 1.0]  # numpy and list data go to the GPU
+        assert got.device == "cuda" and isinstance(got.realize().node.buffer.data, picograd.cuda.CudaArray)
+        np.testing.assert_allclose(got.numpy(), a * [2.0, 0.5, 1.0] + 1.0)
+        np.testing.assert_array_equal((x == [1.0, 3.0, 3.0]).numpy(), [True, False, True])
+        got.backward(gradient=[1.0, 2.0, 3.0])  # a host seed, made on the tensor's device
+        np.testing.assert_allclose(x.grad.numpy(), [2.0, 1.0, 3.0])
+        x.grad = None
+        got = x * 2
+        for what, build in (
+            ("where", lambda: pg.where(Tensor(np.array([True, False, True])), x, 0.0)),  # cpu mask, cuda branch
+            ("backward", lambda: got.backward(gradient=Tensor(np.ones(3, np.float32)))),  # a cpu seed
+        ):
+            try:
+                build()
+            except ValueError as e:
+                assert "device" in str(e) or "cuda" in str(e), (what, e)
+            else:
+                raise AssertionError(f"{what}: no error for mixed devices")
+        assert x.grad is None  # the refused backward left no gradient behind
+
+    def inspection_nodes() -> None:  # the dump maps IR nodes onto the CUDA program's kernels, as on the CPU
+        from picograd.debug import Capture
+
+        with Capture() as cap:
+            x = Tensor(np.ones((3, 4), np.float32), device="cuda", requires_grad=True)
+            (x.exp() * 2).sum().backward()
+            x.grad.numpy()
+        (rec,) = cap.programs
+        assert rec.kernels and all(k.nodes and k.shape for k in rec.kernels), rec.kernels
+        assert f"{len(rec.kernels)} kernels" in rec.ir.splitlines()[0], rec.ir.splitlines()[0]
+
     case("matmul_tiles", tiles)
     case("split_k", split_k)
     case("empty_batch", empty_batch)
@@ -285,6 +393,11 @@ def check_misc() -> dict[str, str]:
     case("small_ints", small_ints)
     case("long_reductions", long_reductions)
     case("devices", devices)
+    case("mixed_device_realize", mixed_device_realize)
+    case("module_to_moves_grads", module_to_moves_grads)
+    case("inspection_nodes", inspection_nodes)
+    case("jit_after_module_to", jit_after_module_to)
+    case("host_data_and_devices", host_data_and_devices)
     return res
 
 

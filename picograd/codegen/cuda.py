@@ -175,13 +175,17 @@ class Slot:
 class CudaProgram:
     """A compiled graph structure; run() takes the arrays of `inputs` (same order) and returns the roots'."""
 
-    def __init__(self, roots: list[Node], inputs: list[Node], tgt: Target | None = None, build: bool = True) -> None:
-        """build=False renders only (source, kernels, dtypes): what the PTX checks need, with no GPU."""
+    def __init__(self, roots: list[Node], inputs: list[Node], tgt: Target | None = None, build: bool = True,
+                 keep_graph: bool = False) -> None:
+        """build=False renders only (source, kernels, dtypes): what the PTX checks need, with no GPU.
+        keep_graph: keep the schedule and each kernel's IR nodes, for PICOGRAD_DEBUG / picograd-dump to show which
+        node runs in which kernel (not kept otherwise: they would pin the first run's arrays in GPU memory)."""
         self.target = tgt or target()
         slot_of: dict[int, int] = {id(n): i for i, n in enumerate(inputs)}
         slots = [Slot(n.shape, n.dtype) for n in inputs]
         self.n_in = len(inputs)
         sched = schedule(roots, inputs)
+        self.schedule = sched if keep_graph else None  # (debug maps a later, structurally equal graph onto it)
         kernels = sched.kernels
         # Fresh arrays per run for the roots' data; a root that is a reshape/detach of another node (even of
         # an input) is a view of that node's buffer, with no copy.
@@ -205,7 +209,10 @@ class CudaProgram:
             if all(o.size == 0 for o in k.outputs):
                 continue
             scratch: dict[str, int] = {}  # shared by the launches one scheduled kernel becomes
-            for r in self._render(k, slot_of):
+            for i, r in enumerate(self._render(k, slot_of)):
+                r.shape, r.nodes = k.domain, list(k.nodes) if keep_graph else []
+                if i == 0:  # the work counted once, on the first of its launches
+                    r.flops, r.bytes = k.flops, k.bytes
                 names = {}
                 for p in r.params:
                     if p.startswith("b") and p[1:].isdigit():

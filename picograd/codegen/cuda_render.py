@@ -55,6 +55,12 @@ class Rendered:
     block: tuple[int, int, int]
     workspace: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)  # scratch buffers
     shared_bytes: int = 0  # static shared memory the kernel declares
+    # For the inspection tools (PICOGRAD_DEBUG, picograd-dump), from the scheduled kernel it launches: its domain,
+    # work, and IR nodes (these only while they listen: CudaProgram keeps no graph otherwise)
+    shape: tuple[int, ...] = ()
+    flops: int = 0
+    bytes: int = 0
+    nodes: list = field(default_factory=list)
 
     @property
     def kind(self) -> str:  # for the inspection tools: "elementwise", "reduce", "matmul" (names are k<i>_<kind>_...)

@@ -82,6 +82,10 @@ def where(c: Node, a: Node, b: Node) -> Node:
     if c.shape != a.shape:
         raise ValueError(f"where: condition shape {c.shape} differs from {a.shape} (broadcast first)")
     _same("where", a, b)
+    devices = {n.device for n in (c, a, b) if n.device}
+    if len(devices) > 1:  # (_same compares a with b only: a constant branch has no device to compare)
+        raise ValueError(f"where: condition {_fmt(c)} on {c.device}, branches on {a.device} and {b.device}: "
+                         "operands are on different devices")
     return make("where", (c, a, b), a.dtype, a.shape)
 
 
@@ -153,6 +157,9 @@ def grad(root: Node, wrt: Node, seed: Node | None = None) -> Node:
         raise ValueError(f"grad: root must be a scalar, got shape {root.shape}; pass a seed gradient")
     if seed is not None and (seed.shape != root.shape or seed.dtype != root.dtype):
         raise ValueError(f"grad: seed gradient {_fmt(seed)} does not match root {_fmt(root)}")
+    if seed is not None and seed.device and root.device and seed.device != root.device:
+        raise ValueError(f"grad: seed gradient {_fmt(seed)} is on {seed.device}, the root {_fmt(root)} on "
+                         f"{root.device}")
     return make(ops.GRAD, (root, wrt) if seed is None else (root, wrt, seed), wrt.dtype, wrt.shape)
 
 

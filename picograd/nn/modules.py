@@ -219,10 +219,18 @@ class Module:
         return self.train(False)
 
     def to(self, device: str) -> Module:
-        """Move every parameter and buffer to device, in place (the Tensor objects stay the same)."""
+        """Move every parameter and buffer to device, in place (the Tensor objects stay the same), and their
+        gradients with them, as torch does: a gradient left behind made the next optimizer step (or a
+        zero_grad(set_to_none=False) accumulation) mix devices."""
         for _, t in self._named_tensors(("param", "buffer")):
             if t.device != device:
                 _set_data(t, t.numpy(), device)
+                # A picograd.jit step traced before would replay its program on the old device, reading the moved
+                # tensors from there and writing them back (a cuda program silently moved them back to the GPU;
+                # the Python raises for the mixed devices): it traces again, as after train()/eval().
+                recording.changed()
+            if t.grad is not None and t.grad.device != device:
+                t.grad = t.grad.to(device)
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
