@@ -95,9 +95,6 @@ class NullDriver:
     def elapsed_ms(self, start: int, end: int) -> float:
         return 0.0
 
-    def destroy_event(self, event: int) -> None:
-        pass
-
 
 def install() -> NullDriver:
     """Route picograd's CUDA backend to a NullDriver (for this process: there is no undoing it)."""

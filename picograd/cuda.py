@@ -96,6 +96,11 @@ def _run(prog: Any, arrays: list[Any]) -> list[CudaArray]:
     _stats["runs"] += 1
     # A host array here is a jit step's host scalar, or a cuda tensor's result computed on the host in eager
     # mode: the program copies them over (the small ones in one go).
+    if _listening()[1]:  # PICOGRAD_DEBUG=2 / picograd-dump: per-kernel GPU times, as the CPU programs give
+        outs, kernel_s = prog.run_profiled(arrays)
+        if kernel_s is not None:
+            report(kernel_s=kernel_s)
+        return outs
     return prog.run(arrays)
 
 

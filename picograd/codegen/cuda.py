@@ -240,6 +240,7 @@ class CudaProgram:
         self.dtypes = {r.name: [slots[names[p]].dtype for p in r.params] for r, names in rendered}
         self.launches = self._compile(rendered) if build else []
         self.workspace: list[rt.CudaArray] | None = None
+        self._events: list[Any] | None = None  # run_profiled's CUDA events
         self.table = np.zeros(len(slots), dtype=np.uint64)
         drv = None if self.target.sim or not build else rt.driver()
         for launch in self.launches:
@@ -297,33 +298,38 @@ class CudaProgram:
             d = rt.driver()
             for launch in self.launches:
                 launch.run_gpu(d)
+        return self._results(arrays)
+
+    def _results(self, arrays: list[Any]) -> list[rt.CudaArray]:
         if self.views:
             return [arrays[s] if arrays[s].shape == shape else arrays[s].reshape(shape) for s, shape in self.results]
         return [arrays[s] for s, _ in self.results]
 
+    def run_profiled(self, inputs: list[Any]) -> tuple[list[rt.CudaArray], list[float] | None]:
+        """run(), with each kernel's seconds on the GPU (CUDA events recorded between the launches, so host overhead
+        is not in it, each event's own gap is); for PICOGRAD_DEBUG=2 and picograd-dump. Waits for the GPU. No times
+        (None) on the simulator, which has no clock."""
+        if self.target.sim:
+            return self.run(inputs), None
+        arrays = self._arrays(inputs)
+        d = rt.driver()
+        if self._events is None:  # made once, kept for the program's life
+            self._events = [d.event() for _ in range(len(self.launches) + 1)]
+        events = self._events
+        d.record(events[0])
+        for launch, ev in zip(self.launches, events[1:], strict=True):
+            launch.run_gpu(d)
+            d.record(ev)
+        times = [d.elapsed_ms(events[i], events[i + 1]) / 1e3 for i in range(len(self.launches))]
+        return self._results(arrays), times
+
     def kernel_times(self, inputs: list[Any], reps: int = 20) -> list[tuple[str, float]]:
-        """(kernel name, median seconds on the GPU) for each launch over `reps` runs on `inputs`: CUDA events
-        recorded between the launches, so host overhead is not in it (but each event's own gap is). A GPU only;
-        for gpu_check and whoever tunes the templates."""
+        """(kernel name, median seconds on the GPU) for each launch over `reps` runs on `inputs` (run_profiled); the
+        program's updates in place happen reps times. For gpu_check and whoever tunes the templates."""
         if self.target.sim:
             raise RuntimeError("cuda: kernel times need a GPU (the simulator has no clock)")
-        d = rt.driver()
-        events = [d.event() for _ in range(len(self.launches) + 1)]
-        times: list[list[float]] = [[] for _ in self.launches]
-        try:
-            for _ in range(reps):
-                arrays = self._arrays(inputs)  # held until the kernels are done: outputs are freed stream-ordered
-                d.record(events[0])
-                for launch, ev in zip(self.launches, events[1:], strict=True):
-                    launch.run_gpu(d)
-                    d.record(ev)
-                for i in range(len(self.launches)):
-                    times[i].append(d.elapsed_ms(events[i], events[i + 1]) / 1e3)
-                del arrays
-        finally:
-            for ev in events:
-                d.destroy_event(ev)
-        return [(launch.name, float(np.median(ts))) for launch, ts in zip(self.launches, times, strict=True)]
+        runs = [self.run_profiled(inputs)[1] or [] for _ in range(reps)]
+        return [(launch.name, float(np.median([ts[i] for ts in runs]))) for i, launch in enumerate(self.launches)]
 
     def _arrays(self, inputs: list[Any]) -> list[Any]:
         """Every slot's array for one run (inputs, fresh outputs, the workspace); on a GPU, the slot table too."""

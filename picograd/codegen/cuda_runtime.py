@@ -135,9 +135,6 @@ class _Driver:
         self._check(self.cu.cuEventSynchronize(end), "cuEventSynchronize")
         return float(self._check(self.cu.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
 
-    def destroy_event(self, event: Any) -> None:
-        self.cu.cuEventDestroy(event)
-
     def load_function(self, ptx: str, name: str) -> Any:
         image = ptx.encode() + b"\0"
         try:
