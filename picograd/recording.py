@@ -31,6 +31,7 @@ class Log:
 
     actions: list[HostAction] = field(default_factory=list)
     realizes: list[dict] = field(default_factory=list)
+    moved: dict[int, Buffer] = field(default_factory=dict)  # id(a buffer .to(device) made) -> the host buffer it copies
 
 
 current: list[Log | None] = [None]  # the call being traced, if any
@@ -51,6 +52,15 @@ def effect(tag: str, fn: Callable[[], None]) -> None:
     log = current[0]
     if log is not None:
         log.actions.append(HostAction(tag, fn))
+
+
+def moved(src: Buffer, dst: Buffer) -> None:
+    """dst is src's host data copied to a device (Tensor.to): where src is an argument of the traced call, the
+    replay hands the device program the argument's host data, which the program uploads as it does its host
+    scalars (`x.to("cuda")` inside a step, as in a torch loop)."""
+    log = current[0]
+    if log is not None:
+        log.moved[id(dst)] = src
 
 
 def producer(tag: str, buffer: Buffer, fn: Callable[[], Any]) -> None:

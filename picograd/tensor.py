@@ -428,7 +428,10 @@ class Tensor(TensorOps, ReduceOps, ShapeOps):
             return self
         if device not in to_device:
             raise ValueError(f"to: unknown device {device!r} (available: {sorted(to_device)})")
-        return Tensor(self.numpy(), requires_grad=self._rg, device=device, copy=False)  # numpy() is a fresh copy
+        out = Tensor(self.numpy(), requires_grad=self._rg, device=device, copy=False)  # numpy() is a fresh copy
+        if self.device == "cpu" and not self._rg and self.node.buffer is not None:
+            recording.moved(self.node.buffer, out.node.buffer)  # a pg.jit step moving its batch still replays
+        return out
 
     def contiguous(self) -> Tensor:
         return self

@@ -375,6 +375,38 @@ def check_misc() -> dict[str, str]:
                 raise AssertionError(f"{what}: no error for mixed devices")
         assert x.grad is None  # the refused backward left no gradient behind
 
+    @host_backend
+    def jit_moves_batch_inside() -> None:  # torch's loop: x.to("cuda") inside the step; it replays, uploading x
+        from picograd import nn, optim
+        from picograd.nn import functional as F
+
+        rng = np.random.default_rng(5)
+        batches = [(rng.random((4, 3), dtype=np.float32), rng.integers(0, 2, 4)) for _ in range(5)]
+
+        def train(inside: bool) -> list[np.ndarray]:
+            pg.manual_seed(0)
+            m = nn.Linear(3, 2).to("cuda")
+            opt = optim.SGD(m.parameters(), lr=0.5)
+
+            @pg.jit
+            def step(x: Tensor, y: Tensor) -> Tensor:
+                if inside:
+                    x, y = x.to("cuda"), y.to("cuda")
+                opt.zero_grad()
+                loss = F.cross_entropy(m(x), y)
+                loss.backward()
+                opt.step()
+                return loss
+
+            dev = "cpu" if inside else "cuda"
+            for xb, yb in batches:
+                step(Tensor(xb, device=dev), Tensor(yb, device=dev))
+            assert step.stats["replayed"] >= 2, (inside, step.stats)
+            return [p.numpy() for p in m.parameters()]
+
+        for a, b in zip(train(True), train(False), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+
     def inspection_nodes() -> None:  # the dump maps IR nodes onto the CUDA program's kernels, as on the CPU
         from picograd.debug import Capture
 
@@ -398,6 +430,7 @@ def check_misc() -> dict[str, str]:
     case("inspection_nodes", inspection_nodes)
     case("jit_after_module_to", jit_after_module_to)
     case("host_data_and_devices", host_data_and_devices)
+    case("jit_moves_batch_inside", jit_moves_batch_inside)
     return res
 
 

@@ -37,7 +37,8 @@ from picograd import Tensor
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXTRA = ["mlp_train", "mlp_cache_hit", "mlp_jit", "matmul_tiles", "split_k", "inspection", "small_ints",
          "long_reductions", "devices", "empty_batch", "mixed_device_realize", "module_to_moves_grads",
-         "inspection_nodes", "jit_after_module_to", "host_data_and_devices"]
+         "inspection_nodes", "jit_after_module_to", "host_data_and_devices",
+         "jit_moves_batch_inside"]
 # Rows whose graphs hold reductions: rerun with the tree and two-pass templates forced.
 REDUCING = [r.name for r in ROWS if re.search(r"sum|mean|max|min|softmax|argmax|loss|entropy|mlp|matmul|dot", r.name)]
 
