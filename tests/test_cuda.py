@@ -150,13 +150,27 @@ def _training_step_and_rows() -> None:
     pg.realize(loss, *extra)
 
 
-def test_generated_ptx_has_no_float64() -> None:
+def _nvvm_missing() -> str | None:
+    """Why PTX cannot be compiled here (numba-cuda[cu13]'s NVVM is missing), or None."""
     try:
         from numba import cuda, types
 
         cuda.compile_ptx(lambda a: None, (types.CPointer(types.float32),), cc=(9, 0))
     except Exception as e:  # pragma: no cover - depends on the installed extra
-        pytest.skip(f"compile_ptx needs numba-cuda[cu13] (NVVM): {type(e).__name__}: {e}")
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _need_nvvm() -> None:
+    why = _nvvm_missing()
+    if why:  # pragma: no cover - depends on the installed extra
+        pytest.skip(f"compile_ptx needs numba-cuda[cu13] (NVVM): {why}")
+
+
+def test_generated_ptx_has_no_float64() -> None:
+    _need_nvvm()
+    from numba import cuda, types
+
     from picograd.codegen.cuda import compile_ptx
 
     prog = _render_captured(_training_step_and_rows)
@@ -278,12 +292,7 @@ def test_split_k_ranges_cover_k_once() -> None:
 
 
 def test_split_k_kernels_compile_to_ptx() -> None:
-    try:
-        from numba import cuda, types
-
-        cuda.compile_ptx(lambda a: None, (types.CPointer(types.float32),), cc=(9, 0))
-    except Exception as e:  # pragma: no cover - depends on the installed extra
-        pytest.skip(f"compile_ptx needs numba-cuda[cu13] (NVVM): {type(e).__name__}: {e}")
+    _need_nvvm()
     from picograd.codegen.cuda import compile_ptx
 
     prog = _render_captured(_seed_layer)
@@ -327,11 +336,7 @@ def test_matmul_grid_stays_within_cuda_limits() -> None:
     (mm,) = [r for r in prog.kernels if "_matmul_" in r.name]
     assert max(mm.grid[1:]) <= 65535 and mm.grid[2] == 65535, mm.grid
     assert "while bz < 70000:" in mm.source and _shared_bytes(mm.source) == mm.shared_bytes
-    try:
-        from numba import cuda, types
-
-        cuda.compile_ptx(lambda a: None, (types.CPointer(types.float32),), cc=(9, 0))
-    except Exception:  # pragma: no cover - no NVVM (numba-cuda[cu13]) here: the rendering is checked
+    if _nvvm_missing():  # pragma: no cover - the rendering is checked
         return
     from picograd.codegen.cuda import compile_ptx
 
