@@ -223,6 +223,13 @@ def check_misc() -> dict[str, str]:
             np.testing.assert_allclose(tc.grad.numpy(), g.sum(0), rtol=1e-4, atol=1e-3)
             np.testing.assert_allclose(flipped.numpy(), (a @ q).T * 2, rtol=1e-5, atol=1e-4)
             np.testing.assert_allclose(batched.numpy(), x @ y, rtol=1e-5, atol=1e-4)
+        # random shapes at the tiny tiles: k from 32 (the least that splits) up, edges that cut tiles, batches
+        for _ in range(8):
+            nb, m, n, k = (int(v) for v in rng.integers((1, 1, 1, 32), (4, 14, 14, 400)))
+            a3 = rng.standard_normal((nb, m, k)).astype(np.float32)
+            b3 = rng.standard_normal((nb, k, n)).astype(np.float32)
+            got = (Tensor(a3, device="cuda") @ Tensor(b3, device="cuda")).tanh()
+            np.testing.assert_allclose(got.numpy(), np.tanh(a3 @ b3), rtol=1e-4, atol=1e-4, err_msg=str((nb, m, n, k)))
 
     def long_reductions() -> None:  # big enough for the tree and two-pass templates on a GPU
         rng = np.random.default_rng(2)
