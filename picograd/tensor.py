@@ -241,7 +241,8 @@ class Tensor(TensorOps, ReduceOps, ShapeOps):
         return id(self)
 
     def __repr__(self) -> str:
-        return f"Tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype})"
+        device = "" if self.device == "cpu" else f", device={self.device!r}"  # as torch: only a non-default device
+        return f"Tensor({np.array2string(self.numpy(), separator=', ')}, dtype={self.dtype}{device})"
 
     def __format__(self, spec: str) -> str:
         """f"{loss:.4f}" formats a one-element tensor's value; otherwise (or with no spec) the tensor's str."""

@@ -244,6 +244,7 @@ def check_misc() -> dict[str, str]:
     def devices() -> None:
         a = Tensor(np.ones((2, 3), np.float32), device="cuda")
         assert a.device == "cuda" and isinstance(a.node.buffer.data, picograd.cuda.CudaArray)
+        assert repr(a).endswith("dtype=float32, device='cuda')") and "device" not in repr(a.to("cpu")), repr(a)
         b = a.to("cpu")
         assert b.device == "cpu" and isinstance(b.node.buffer.data, np.ndarray)
         assert a.to("cuda") is a and b.to("cuda").device == "cuda"
