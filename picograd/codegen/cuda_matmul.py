@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir.node import Node
 from .cuda_expr import Emitter, clamp, lit, np_name
-from .cuda_render import Rendered, Target, _cdiv, _param_list, _source, _store
+from .cuda_render import Rendered, Target, cdiv, kernel_source, param_list, store
 
 # (TM, TN, TK, RM, RN): a block computes a TM x TN tile, each thread an RM x RN register tile.
 _MM_CONFIGS = ((64, 64, 16, 4, 4), (32, 64, 16, 2, 4), (32, 32, 16, 2, 2), (16, 32, 16, 1, 2))
@@ -27,7 +27,7 @@ def matmul_config(m: int, n: int, batch: int, target: Target) -> tuple[int, int,
     if target.small:
         return _MM_SIM
     for cfg in _MM_CONFIGS:
-        if _cdiv(m, cfg[0]) * _cdiv(n, cfg[1]) * batch >= target.sm_count:
+        if cdiv(m, cfg[0]) * cdiv(n, cfg[1]) * batch >= target.sm_count:
             return cfg
     return _MM_CONFIGS[-1]
 
@@ -38,9 +38,9 @@ def split_k(blocks: int, steps: int, target: Target) -> tuple[int, int]:
     fill = 4 if target.small else target.sm_count  # the simulator's tiny grids: split its long products too
     if not target.split_k or blocks >= fill or steps < 2 * MIN_STEPS:
         return 1, steps
-    s = min(_cdiv(4 * fill, blocks), steps // MIN_STEPS, MAX_SPLITS)
-    per = _cdiv(steps, s)
-    return _cdiv(steps, per), per
+    s = min(cdiv(4 * fill, blocks), steps // MIN_STEPS, MAX_SPLITS)
+    per = cdiv(steps, s)
+    return cdiv(steps, per), per
 
 
 def _last_contiguous(x: Node) -> bool:
@@ -74,9 +74,9 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
     rt, ct = ("cuda.threadIdx.x", "cuda.threadIdx.y") if transposed else ("cuda.threadIdx.y", "cuda.threadIdx.x")
     threads = nrt * nct
     # Past CUDA's 65535 blocks along y (rows) or z (batch), a block loops over several row tiles / matrices.
-    row_tiles, col_tiles, loops = _cdiv(m, tm), _cdiv(n, tn), []
+    row_tiles, col_tiles, loops = cdiv(m, tm), cdiv(n, tn), []
     gy, gz = min(row_tiles, target.max_grid_yz), min(nb, target.max_grid_yz)
-    splits, per = split_k(col_tiles * gy * gz, _cdiv(k, tk), target)
+    splits, per = split_k(col_tiles * gy * gz, cdiv(k, tk), target)
     total = nb * m * n
     e = Emitter(params, target.sim)
     e.line(f"rt = {rt}")
@@ -115,7 +115,7 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
         # Element ee of the tile: walk along the operand's last axis (k of A, n of B) first when it is
         # contiguous in memory, else along the other one.
         contiguous = _last_contiguous(x)
-        for l_ in range(_cdiv(rows * cols, threads)):
+        for l_ in range(cdiv(rows * cols, threads)):
             ee = f"(t + {l_ * threads})"
             inner, outer = (cols, rows) if contiguous else (rows, cols)
             if a_side:  # As[kk, ii] <- A[bi + ii, k0 + kk]
@@ -192,11 +192,11 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
     block = (nrt, nct, 1) if transposed else (nct, nrt, 1)
     smem = tk * (tm + 1 + tn + 1) * np.dtype(t).itemsize
     if splits == 1:
-        names = _param_list(params, outputs)
-        return [Rendered(name, _source(name, names, e, prologue), names, grid, block, shared_bytes=smem)]
+        names = param_list(params, outputs)
+        return [Rendered(name, kernel_source(name, names, e, prologue), names, grid, block, shared_bytes=smem)]
     work = {"part": ((splits * total,), mm.dtype)}
-    names = _param_list(params, []) + ["part"]
-    first = Rendered(name, _source(name, names, e, prologue), names, grid, block, work, shared_bytes=smem)
+    names = param_list(params, []) + ["part"]
+    first = Rendered(name, kernel_source(name, names, e, prologue), names, grid, block, work, shared_bytes=smem)
     return [first, _render_sum(name + "_sum", mm, top, outputs, params, target, splits, total)]
 
 
@@ -232,7 +232,7 @@ def _epilogue(e: Emitter, mm: Node, top: Node, outputs: list[tuple[Node, str]],
             e.line(f"if {ok}:")
             e.push()
         for out, v, o in vals:
-            _store(e, out, flat, v, o)
+            store(e, out, flat, v, o)
         if ok:
             e.pop()
 
@@ -254,7 +254,7 @@ def _render_sum(name: str, mm: Node, top: Node, outputs: list[tuple[Node, str]],
     _epilogue(e, mm, top, outputs, [("", "i", idx, "acc")])
     e.line("i += step")
     e.pop()
-    names = _param_list(params, outputs) + ["part"]
-    blocks = max(1, min(_cdiv(total, target.block), target.max_blocks))
-    return Rendered(name, _source(name, names, e), names, (blocks, 1, 1), (target.block, 1, 1),
+    names = param_list(params, outputs) + ["part"]
+    blocks = max(1, min(cdiv(total, target.block), target.max_blocks))
+    return Rendered(name, kernel_source(name, names, e), names, (blocks, 1, 1), (target.block, 1, 1),
                     {"part": ((splits * total,), mm.dtype)})

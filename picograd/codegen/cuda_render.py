@@ -68,7 +68,7 @@ class Rendered:
         return parts[1] if len(parts) > 1 and parts[0][:1] == "k" else "?"
 
 
-def _cdiv(a: int, b: int) -> int:
+def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -79,11 +79,11 @@ def _size(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _store(e: Emitter, name: str, flat: str, v: str, n: Node) -> None:
+def store(e: Emitter, name: str, flat: str, v: str, n: Node) -> None:
     e.line(f"{name}[{flat}] = " + (f"np.uint8(1) if {v} else np.uint8(0)" if n.dtype == np.bool_ else v))
 
 
-def _source(name: str, params: list[str], e: Emitter, prologue: list[str] | None = None) -> str:
+def kernel_source(name: str, params: list[str], e: Emitter, prologue: list[str] | None = None) -> str:
     head = [f"def {name}({', '.join(params)}):"] + ["    " + p for p in (prologue or [])]
     return "\n".join(head + e.lines) + "\n"
 
@@ -104,15 +104,15 @@ def render_elementwise(name: str, outputs: list[tuple[Node, str]], params: dict[
     e.push()
     for o, out in outputs:
         idx = e.decompose("i", o.shape)
-        _store(e, out, "i", e.val(o, idx), o)
+        store(e, out, "i", e.val(o, idx), o)
     e.line("i += step")
     e.pop()
-    blocks = max(1, min(_cdiv(size, target.block), target.max_blocks))
-    names = _param_list(params, outputs)
-    return Rendered(name, _source(name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
+    blocks = max(1, min(cdiv(size, target.block), target.max_blocks))
+    names = param_list(params, outputs)
+    return Rendered(name, kernel_source(name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
 
 
-def _param_list(params: dict[int, str], outputs: list[tuple[Node, str]]) -> list[str]:
+def param_list(params: dict[int, str], outputs: list[tuple[Node, str]]) -> list[str]:
     seen = [o for _, o in outputs]
     return seen + [p for p in dict.fromkeys(params.values()) if p not in seen]
 
@@ -201,7 +201,7 @@ class _ReduceJob:
         return [n for n, _ in self.reduces]
 
     def names(self) -> list[str]:
-        return _param_list(self.params, self.stores + self.reduces + self.post)
+        return param_list(self.params, self.stores + self.reduces + self.post)
 
 
 def _full_index(oidx: tuple[str, ...], ridx: tuple[str, ...], axes: tuple[int, ...]) -> tuple[str, ...]:
@@ -217,7 +217,7 @@ def _accumulate(e: Emitter, job: _ReduceJob, accs: list[str], oidx: tuple[str, .
     if job.stores:
         flat = e.linear(full, job.domain)
         for o, out in job.stores:  # the schedule lets shapes differ by size-1 axes: same flat position
-            _store(e, out, flat, e.val(o, full if o.shape == job.domain else e.decompose(flat, o.shape)), o)
+            store(e, out, flat, e.val(o, full if o.shape == job.domain else e.decompose(flat, o.shape)), o)
     for n, acc in zip(job.nodes, accs, strict=False):
         x = e.val(n.srcs[0], full)
         e.line(f"{acc} = {_combine(n.op, n.dtype, acc, x)}")
@@ -226,9 +226,9 @@ def _accumulate(e: Emitter, job: _ReduceJob, accs: list[str], oidx: tuple[str, .
 def _epilogue(e: Emitter, job: _ReduceJob, accs: list[str], flat: str, oidx: tuple[str, ...]) -> None:
     for (n, out), acc in zip(job.reduces, accs, strict=False):
         e.values[id(n)] = acc
-        _store(e, out, flat, acc, n)
+        store(e, out, flat, acc, n)
     for o, out in job.post:
-        _store(e, out, flat, e.val(o, oidx if o.shape == job.out_shape else e.decompose(flat, o.shape)), o)
+        store(e, out, flat, e.val(o, oidx if o.shape == job.out_shape else e.decompose(flat, o.shape)), o)
     for n in job.nodes:
         del e.values[id(n)]
 
@@ -251,9 +251,9 @@ def _reduce_thread(job: _ReduceJob) -> Rendered:
     _epilogue(e, job, accs, "o", oidx)
     e.line("o += step")
     e.pop()
-    blocks = max(1, min(_cdiv(n_out, target.block), target.max_blocks))
+    blocks = max(1, min(cdiv(n_out, target.block), target.max_blocks))
     names = job.names()
-    return Rendered(job.name, _source(job.name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
+    return Rendered(job.name, kernel_source(job.name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
 
 
 def _tree(e: Emitter, reduces: list[Node], accs: list[str], shared: list[str], block: int) -> None:
@@ -279,8 +279,8 @@ def _reduce_blocks(job: _ReduceJob, mode: str, block: int) -> list[Rendered]:
     n_out, r, target, name, nodes = _size(job.out_shape), _size(job.red_shape), job.target, job.name, job.nodes
     split = 1
     if mode == "split":
-        split = max(2, min(_cdiv(r, block * 4), (8 if target.small else 4 * target.sm_count) // max(n_out, 1)))
-    chunk = _cdiv(r, split)
+        split = max(2, min(cdiv(r, block * 4), (8 if target.small else 4 * target.sm_count) // max(n_out, 1)))
+    chunk = cdiv(r, split)
     prologue = [f"sm{k} = cuda.shared.array({block}, np.{np_name(n.dtype)})" for k, n in enumerate(nodes)]
     smem = block * _shared_per_thread(nodes)
     shared = [f"sm{k}" for k in range(len(nodes))]
@@ -327,10 +327,10 @@ def _reduce_blocks(job: _ReduceJob, mode: str, block: int) -> list[Rendered]:
     grid = (max(1, min(n_out * split, 65535)), 1, 1)
     if split == 1:
         names = job.names()
-        return [Rendered(name, _source(name, names, e, prologue), names, grid, (block, 1, 1), shared_bytes=smem)]
+        return [Rendered(name, kernel_source(name, names, e, prologue), names, grid, (block, 1, 1), shared_bytes=smem)]
     work = {p: ((n_out * split,), n.dtype) for p, n in zip(partial, nodes, strict=False)}
-    names1 = _param_list(job.params, job.stores) + partial
-    first = Rendered(name + "_p1", _source(name + "_p1", names1, e, prologue), names1, grid, (block, 1, 1), work,
+    names1 = param_list(job.params, job.stores) + partial
+    first = Rendered(name + "_p1", kernel_source(name + "_p1", names1, e, prologue), names1, grid, (block, 1, 1), work,
                      shared_bytes=smem)
 
     # pass 2: a thread per output combines its `split` partials, then runs the epilogue
@@ -351,8 +351,8 @@ def _reduce_blocks(job: _ReduceJob, mode: str, block: int) -> list[Rendered]:
     _epilogue(e2, job, accs2, "o", oidx2)
     e2.line("o += step")
     e2.pop()
-    names2 = _param_list(job.params, job.reduces + job.post) + partial
-    blocks = max(1, min(_cdiv(n_out, target.block), target.max_blocks))
-    second = Rendered(name + "_p2", _source(name + "_p2", names2, e2), names2, (blocks, 1, 1),
+    names2 = param_list(job.params, job.reduces + job.post) + partial
+    blocks = max(1, min(cdiv(n_out, target.block), target.max_blocks))
+    second = Rendered(name + "_p2", kernel_source(name + "_p2", names2, e2), names2, (blocks, 1, 1),
                       (target.block, 1, 1), work)
     return [first, second]
