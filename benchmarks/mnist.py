@@ -95,7 +95,7 @@ def train_picograd(model: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
         pg.realize(loss)
         return loss
 
-    sync = pg.cuda.synchronize if device == "cuda" else lambda: None
+    sync = pg.cuda.synchronize if device.startswith("cuda") else lambda: None
     with pg.eager() if eager else contextlib.nullcontext():
         epoch_times, first_step, steps, losses = peers.timed_epochs(
             epochs, lambda ep: peers.batch_orders(len(x_train), batch_size, seed, ep), one, sync

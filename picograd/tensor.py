@@ -89,6 +89,23 @@ SUPPORTED_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.i
                                                np.uint32, np.uint64, np.float32, np.float64))
 
 
+def canonical_device(device: Any, op: str) -> str:
+    """A device name as picograd keys it: "cpu" or "cuda"; torch's "cuda:0" is "cuda" (one GPU is driven)."""
+    if not isinstance(device, str):
+        name = getattr(device, "type", None)  # a torch.device
+        if not isinstance(name, str) or getattr(device, "index", None) not in (None, 0):
+            raise TypeError(f"{op}: device must be a string such as 'cpu' or 'cuda', got {type(device).__name__} "
+                            f"{device!r}")
+        device = name
+    if device == "cuda:0":
+        return "cuda"
+    if device.startswith("cuda:"):
+        raise ValueError(f"{op}: device {device!r}: picograd drives one GPU, 'cuda' (also spelled 'cuda:0')")
+    if device not in to_device:
+        raise ValueError(f"{op}: unknown device {device!r} (available: {sorted(to_device)})")
+    return device
+
+
 def check_dtype(dtype: Any, op: str) -> np.dtype:
     """dtype as a supported numpy dtype in native byte order, or a TypeError naming the supported ones."""
     try:
@@ -133,6 +150,7 @@ class Tensor(TensorOps, ReduceOps, ShapeOps):
         else:
             if isinstance(data, Tensor):
                 data, copy = data.numpy(), False  # numpy() returns a fresh array
+            device = canonical_device(device, "Tensor")
             arr = _asarray(data, "Tensor")
             dt = _default_dtype(arr, dtype)
             # A lazy graph reads the array when it is realized, so without a copy it would see the caller's later
@@ -142,8 +160,6 @@ class Tensor(TensorOps, ReduceOps, ShapeOps):
                 arr = np.array(arr, dtype=dt, order="C", copy=True)
             else:
                 arr = np.require(arr, dtype=dt, requirements="C")
-            if device not in to_device:
-                raise ValueError(f"Tensor: unknown device {device!r} (available: {sorted(to_device)})")
             node = buffer_node(Buffer(to_device[device](arr), device))
         if requires_grad:
             _check_can_require_grad(node, "Tensor")
@@ -425,10 +441,9 @@ class Tensor(TensorOps, ReduceOps, ShapeOps):
         return self.cast(FLOAT32)
 
     def to(self, device: str) -> Tensor:
+        device = canonical_device(device, "to")
         if device == self.device:
             return self
-        if device not in to_device:
-            raise ValueError(f"to: unknown device {device!r} (available: {sorted(to_device)})")
         out = Tensor(self.numpy(), requires_grad=self._rg, device=device, copy=False)  # numpy() is a fresh copy
         if self.device == "cpu" and not self._rg and self.node.buffer is not None:
             recording.moved(self.node.buffer, out.node.buffer)  # a pg.jit step moving its batch still replays

@@ -245,6 +245,9 @@ def check_misc() -> dict[str, str]:
         a = Tensor(np.ones((2, 3), np.float32), device="cuda")
         assert a.device == "cuda" and isinstance(a.node.buffer.data, picograd.cuda.CudaArray)
         assert repr(a).endswith("dtype=float32, device='cuda')") and "device" not in repr(a.to("cpu")), repr(a)
+        assert a.to("cuda:0") is a and Tensor(np.ones(2, np.float32), device="cuda:0").device == "cuda"  # torch's name
+        lin = picograd.nn.Linear(2, 3).to("cuda:0")
+        assert all(p.device == "cuda" for p in lin.parameters()), [p.device for p in lin.parameters()]
         b = a.to("cpu")
         assert b.device == "cpu" and isinstance(b.node.buffer.data, np.ndarray)
         assert a.to("cuda") is a and b.to("cuda").device == "cuda"

@@ -541,6 +541,24 @@ def test_no_driver_library_is_a_clear_error_every_time(monkeypatch: pytest.Monke
 def test_unknown_device_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         Tensor(np.ones(3, np.float32), device="tpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        Tensor(np.ones(3, np.float32)).to("tpu")
+
+
+def test_device_names_as_torch_spells_them() -> None:
+    # "cuda:0" is "cuda" (checked on the simulator: cuda_sim_worker's devices case); another GPU index, or a
+    # device that is not a name, is a clear error when the tensor is made; a torch.device is read by its type.
+    from picograd import nn
+
+    with pytest.raises(ValueError, match="'cuda:1': picograd drives one GPU"):
+        Tensor(np.ones(3, np.float32), device="cuda:1")
+    with pytest.raises(ValueError, match="'cuda:2': picograd drives one GPU"):
+        nn.Linear(2, 3).to("cuda:2")
+    with pytest.raises(TypeError, match="device must be a string such as 'cpu' or 'cuda', got int 0"):
+        Tensor(np.ones(3, np.float32), device=0)
+    torch = pytest.importorskip("torch")
+    t = Tensor(np.ones(3, np.float32), device=torch.device("cpu"))
+    assert t.device == "cpu" and t.to(torch.device("cpu")) is t
 
 
 def test_debug_tools_get_per_kernel_gpu_times(tmp_path: Any) -> None:

@@ -31,8 +31,7 @@ def _set_data(t: Tensor, data: Any, device: str) -> None:
     """Replace t's value in place (a fresh buffer leaf), keeping the Tensor object that optimizers and
     modules hold. Not lazy: it is a host-side load, not a step of the program."""
     arr = np.require(np.asarray(data), dtype=t.dtype, requirements="C")
-    if device not in _tensor.to_device:
-        raise ValueError(f"to: unknown device {device!r} (available: {sorted(_tensor.to_device)})")
+    device = _tensor.canonical_device(device, "to")
     t.node = buffer_node(Buffer(_tensor.to_device[device](arr), device))
     t.node.buffer.owner = weakref.ref(t)
     if t._rg is not False:
@@ -222,6 +221,7 @@ class Module:
         """Move every parameter and buffer to device, in place (the Tensor objects stay the same), and their
         gradients with them, as torch does: a gradient left behind made the next optimizer step (or a
         zero_grad(set_to_none=False) accumulation) mix devices."""
+        device = _tensor.canonical_device(device, "to")
         for _, t in self._named_tensors(("param", "buffer")):
             if t.device != device:
                 _set_data(t, t.numpy(), device)
