@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The CUDA backend on a real NVIDIA GPU: environment, the CUDA checks (op table, MLP training, tiles and long
-# reductions, device moves; each against numpy), the CUDA tests, then the MNIST benchmark with PyTorch on the
-# same GPU. Run from anywhere; prints everything and carries on past failures; about 3-6 minutes.
+# The CUDA backend on a real NVIDIA GPU, most important first: environment, the seed model's MNIST benchmark with
+# PyTorch on the same GPU (the issue's target), the step breakdown (per-kernel GPU times, split-k on and off), the
+# CUDA checks (op table, MLP training, tiles, split-k and long reductions, devices; each against numpy), the CUDA
+# tests, the host share, the MLP benchmark and the example. Run from anywhere; prints everything and carries on past
+# failures; about 3-6 minutes. Run it as `bash benchmarks/gpu_check.sh 2>&1 | tee $OUT/gpu.log`.
 #
 #   bash benchmarks/gpu_check.sh                  # EPOCHS=10 by default (the issue's target: seed model, 10 epochs)
 #   EPOCHS=2 bash benchmarks/gpu_check.sh         # quicker
@@ -60,13 +62,9 @@ x = picograd.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3), device='cuda')
 print(((x * 2).exp().sum(axis=1)).numpy(), np.exp(np.arange(6).reshape(2, 3) * 2).sum(1))
 "
 
-step "cuda checks (op table, MLP, tiles, reductions, devices) on the GPU" 420 \
-  $PY tests/cuda_sim_worker.py --summary
-
-# The simulator half of test_cuda.py is for CI (the checks above ran the same on the GPU); the PTX test and the
-# error tests run here.
-step "pytest tests/test_cuda.py -k 'not simulator'" 240 $PY -m pytest -q tests/test_cuda.py -k "not simulator" \
-  -p no:cacheprovider
+# The issue's numbers first: a run cut short by the device call's 10-minute limit still has them.
+step "benchmarks/mnist.py --device cuda (seed: $EPOCHS epochs)" 240 \
+  $PY benchmarks/mnist.py --device cuda --models seed --epochs "$EPOCHS" --trainers lazy torch
 
 step "launch overhead and step breakdown" 180 $PY - <<'PYEOF'
 import time, statistics, numpy as np, picograd as pg, picograd.cuda as pc
@@ -158,15 +156,20 @@ for sync_each in (False, True):
 print("stats", pc.stats())
 PYEOF
 
+step "cuda checks (op table, MLP, tiles, reductions, devices) on the GPU" 420 \
+  $PY tests/cuda_sim_worker.py --summary
+
+# The simulator half of test_cuda.py is for CI (the checks above ran the same on the GPU); the PTX test and the
+# error tests run here.
+step "pytest tests/test_cuda.py -k 'not simulator'" 240 $PY -m pytest -q tests/test_cuda.py -k "not simulator" \
+  -p no:cacheprovider
+
 # The host's share of a jit step on this machine's CPU, with a driver that does nothing (seconds).
 step "benchmarks/cuda_host.py (host share, null driver)" 120 $PY benchmarks/cuda_host.py --steps 2000
 
-if [ -f benchmarks/mnist.py ]; then
-  step "benchmarks/mnist.py --device cuda (seed: $EPOCHS epochs; mlp: 3)" 360 \
-    $PY benchmarks/mnist.py --device cuda --models seed --epochs "$EPOCHS" --trainers lazy torch
-  step "benchmarks/mnist.py --device cuda, mlp" 150 \
-    $PY benchmarks/mnist.py --device cuda --models mlp --epochs 3 --trainers lazy torch
-fi
+step "benchmarks/mnist.py --device cuda, mlp" 150 \
+  $PY benchmarks/mnist.py --device cuda --models mlp --epochs 3 --trainers lazy torch
+
 if [ -f examples/train_mnist.py ]; then
   step "examples/train_mnist.py --device cuda --epochs 1" 150 $PY examples/train_mnist.py --device cuda --epochs 1
 fi
