@@ -161,7 +161,7 @@ step "cuda checks (op table, MLP, tiles, reductions, devices) on the GPU" 420 \
 
 # The simulator half of test_cuda.py is for CI (the checks above ran the same on the GPU); the PTX test and the
 # error tests run here.
-step "pytest tests/test_cuda.py -k 'not simulator'" 240 $PY -m pytest -q tests/test_cuda.py -k "not simulator" \
+step "pytest tests/test_cuda.py -k 'not simulator'" 240 $PY -m pytest -q tests/test_cuda.py -k "not simulator" -rs \
   -p no:cacheprovider
 
 # The host's share of a jit step on this machine's CPU, with a driver that does nothing (seconds).
