@@ -123,9 +123,15 @@ def _worker() -> None:
     sys.stdout.write(_MARK + json.dumps(res))
 
 
-def _compile_chunk(source: str, todo: list[tuple[str, list[str]]], cc: tuple[int, int]) -> dict[str, tuple[str, str]]:
-    if not hasattr(np, "row_stack"):  # numpy >= 2.5 removed this alias, which numba-cuda 0.30 still registers
+def numba_cuda_compat() -> None:
+    """Call before numba-cuda compiles: numpy >= 2.5 removed np.row_stack, which numba-cuda 0.30 still registers
+    (its compiler then fails with an AttributeError)."""
+    if not hasattr(np, "row_stack"):
         np.row_stack = np.vstack  # type: ignore[attr-defined]
+
+
+def _compile_chunk(source: str, todo: list[tuple[str, list[str]]], cc: tuple[int, int]) -> dict[str, tuple[str, str]]:
+    numba_cuda_compat()
     from numba import cuda
 
     ns = _exec_module(source, hashlib.sha256(source.encode()).hexdigest()[:16])
