@@ -9,6 +9,9 @@ the S partials in a fixed order (the result does not depend on scheduling) and r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 
 from ..ir.node import Node
@@ -177,7 +180,8 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
             places.append((ok, flat, ("bz", ii, jj) if batched else (ii, jj), acc[i][j]))
     if splits > 1:
         for ok, flat, _, c in places:
-            _guarded(e, ok, [f"part[sk * {total} + {flat}] = {c}"])
+            with _guarded(e, ok):
+                e.line(f"part[sk * {total} + {flat}] = {c}")
     else:
         _epilogue(e, mm, top, outputs, places)
     for step in reversed(loops):
@@ -197,15 +201,16 @@ def render_matmul(name: str, top: Node, outputs: list[tuple[Node, str]], params:
     work = {"part": ((splits * total,), mm.dtype)}
     names = param_list(params, []) + ["part"]
     first = Rendered(name, kernel_source(name, names, e, prologue), names, grid, block, work, shared_bytes=smem)
-    return [first, _render_sum(name + "_sum", mm, top, outputs, params, target, splits, total)]
+    return [first, _render_sum(name + "_sum", mm, top, outputs, params, target, splits, total, work)]
 
 
-def _guarded(e: Emitter, ok: str, lines: list[str]) -> None:
+@contextmanager
+def _guarded(e: Emitter, ok: str) -> Iterator[None]:
+    """Lines emitted inside go under `if ok:` (a register's in-bounds test; none where the tile fits)."""
     if ok:
         e.line(f"if {ok}:")
         e.push()
-    for ln in lines:
-        e.line(ln)
+    yield
     if ok:
         e.pop()
 
@@ -228,17 +233,13 @@ def _epilogue(e: Emitter, mm: Node, top: Node, outputs: list[tuple[Node, str]],
         e.values.pop(id(top), None)
         stores.append((ok, flat, vals))
     for ok, flat, vals in stores:
-        if ok:
-            e.line(f"if {ok}:")
-            e.push()
-        for out, v, o in vals:
-            store(e, out, flat, v, o)
-        if ok:
-            e.pop()
+        with _guarded(e, ok):
+            for out, v, o in vals:
+                store(e, out, flat, v, o)
 
 
 def _render_sum(name: str, mm: Node, top: Node, outputs: list[tuple[Node, str]], params: dict[int, str],
-                target: Target, splits: int, total: int) -> Rendered:
+                target: Target, splits: int, total: int, work: dict) -> Rendered:
     """Split-k's second kernel: a grid-stride loop over the output adding the partials, then the epilogue."""
     e = Emitter(params, target.sim)
     e.line("i = cuda.grid(1)")
@@ -255,6 +256,5 @@ def _render_sum(name: str, mm: Node, top: Node, outputs: list[tuple[Node, str]],
     e.line("i += step")
     e.pop()
     names = param_list(params, outputs) + ["part"]
-    blocks = max(1, min(cdiv(total, target.block), target.max_blocks))
-    return Rendered(name, kernel_source(name, names, e), names, (blocks, 1, 1), (target.block, 1, 1),
-                    {"part": ((splits * total,), mm.dtype)})
+    return Rendered(name, kernel_source(name, names, e), names, (target.stride_blocks(total), 1, 1),
+                    (target.block, 1, 1), work)

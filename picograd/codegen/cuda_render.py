@@ -39,6 +39,10 @@ class Target:
     def max_blocks(self) -> int:  # grid-stride loops cap the grid: enough blocks to fill every SM
         return 4 if self.small else self.sm_count * 8
 
+    def stride_blocks(self, n: int) -> int:
+        """Blocks of `block` threads for a grid-stride loop over n items: one item a thread, up to max_blocks."""
+        return max(1, min(cdiv(n, self.block), self.max_blocks))
+
     @property
     def max_grid_yz(self) -> int:
         """The most blocks along a grid's y and z (CUDA's limit; the simulator's is tiny so that its tests run
@@ -107,7 +111,7 @@ def render_elementwise(name: str, outputs: list[tuple[Node, str]], params: dict[
         store(e, out, "i", e.val(o, idx), o)
     e.line("i += step")
     e.pop()
-    blocks = max(1, min(cdiv(size, target.block), target.max_blocks))
+    blocks = target.stride_blocks(size)
     names = param_list(params, outputs)
     return Rendered(name, kernel_source(name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
 
@@ -251,7 +255,7 @@ def _reduce_thread(job: _ReduceJob) -> Rendered:
     _epilogue(e, job, accs, "o", oidx)
     e.line("o += step")
     e.pop()
-    blocks = max(1, min(cdiv(n_out, target.block), target.max_blocks))
+    blocks = target.stride_blocks(n_out)
     names = job.names()
     return Rendered(job.name, kernel_source(job.name, names, e), names, (blocks, 1, 1), (target.block, 1, 1))
 
@@ -352,7 +356,7 @@ def _reduce_blocks(job: _ReduceJob, mode: str, block: int) -> list[Rendered]:
     e2.line("o += step")
     e2.pop()
     names2 = param_list(job.params, job.reduces + job.post) + partial
-    blocks = max(1, min(cdiv(n_out, target.block), target.max_blocks))
+    blocks = target.stride_blocks(n_out)
     second = Rendered(name + "_p2", kernel_source(name + "_p2", names2, e2), names2, (blocks, 1, 1),
                       (target.block, 1, 1), work)
     return [first, second]
