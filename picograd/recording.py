@@ -31,7 +31,7 @@ class Log:
 
     actions: list[HostAction] = field(default_factory=list)
     realizes: list[dict] = field(default_factory=list)
-    moved: dict[int, Buffer] = field(default_factory=dict)  # id(a buffer .to(device) made) -> the host buffer it copies
+    moved: list[tuple[Buffer, Buffer]] = field(default_factory=list)  # (host buffer, its copy .to(device) made)
 
 
 current: list[Log | None] = [None]  # the call being traced, if any
@@ -60,7 +60,7 @@ def moved(src: Buffer, dst: Buffer) -> None:
     scalars (`x.to("cuda")` inside a step, as in a torch loop)."""
     log = current[0]
     if log is not None:
-        log.moved[id(dst)] = src
+        log.moved.append((src, dst))  # both held: a buffer's id is only its own while it is alive
 
 
 def producer(tag: str, buffer: Buffer, fn: Callable[[], Any]) -> None:

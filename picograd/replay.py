@@ -115,9 +115,9 @@ class Plan:
         p = Plan()
         p.run, p.actions, p.out = cap["run"], log.actions, _skeleton(out)
         args = {id(t.node.buffer): i for i, t in enumerate(flat)}
-        for dst, src in log.moved.items():  # an argument's host data moved to the device: the program uploads it
+        for src, dst in log.moved:  # an argument's host data moved to the device: the program uploads it
             if id(src) in args:
-                args[dst] = args[id(src)]
+                args[id(dst)] = args[id(src)]
         host = {id(a.buffer): k for k, a in enumerate(log.actions) if a.buffer is not None}
         p.slots = []
         for n in cap["inputs"]:
