@@ -169,22 +169,29 @@ def check_misc() -> dict[str, str]:
         except Exception as e:
             res[name] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
 
+    def linear_relu(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> list[Tensor]:
+        """relu(a @ b.T + c) on the GPU and, pending, its squares' sum's gradients: [out, da, db, dc]."""
+        ta, tb, tc = (Tensor(x, device="cuda", requires_grad=True) for x in (a, b, c))
+        out = (ta @ tb.T + tc).relu()  # an epilogue: bias, ReLU, and the pre-activation kept for backward
+        (out * out).sum().backward()
+        return [out, ta.grad, tb.grad, tc.grad]
+
+    def check_linear_relu(a: np.ndarray, b: np.ndarray, c: np.ndarray, got: list[Tensor]) -> None:
+        want = np.maximum(a @ b.T + c, 0)
+        g = 2 * want * (want > 0)
+        np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-5, atol=1e-4)
+        for t, w in zip(got[1:], (g @ b, g.T @ a, g.sum(0)), strict=True):
+            np.testing.assert_allclose(t.numpy(), w, rtol=1e-4, atol=1e-3)
+
     def tiles() -> None:
         rng = np.random.default_rng(1)
         for m, k, n in ((19, 9, 23), (33, 70, 17), (2, 130, 3)):
             a = rng.standard_normal((m, k)).astype(np.float32)
             b = rng.standard_normal((n, k)).astype(np.float32)
             c = rng.standard_normal(n).astype(np.float32)
-            ta, tb, tc = (Tensor(x, device="cuda", requires_grad=True) for x in (a, b, c))
-            out = (ta @ tb.T + tc).relu()
-            (out * out).sum().backward()
-            pg.realize(out, ta.grad, tb.grad, tc.grad)
-            want = np.maximum(a @ b.T + c, 0)
-            g = 2 * want * (want > 0)
-            np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-4)
-            np.testing.assert_allclose(ta.grad.numpy(), g @ b, rtol=1e-4, atol=1e-3)
-            np.testing.assert_allclose(tb.grad.numpy(), g.T @ a, rtol=1e-4, atol=1e-3)
-            np.testing.assert_allclose(tc.grad.numpy(), g.sum(0), rtol=1e-4, atol=1e-3)
+            got = linear_relu(a, b, c)
+            pg.realize(*got)
+            check_linear_relu(a, b, c, got)
         x = rng.standard_normal((3, 5, 7)).astype(np.float32)
         y = rng.standard_normal((3, 7, 11)).astype(np.float32)
         np.testing.assert_allclose((Tensor(x, device="cuda") @ Tensor(y, device="cuda")).numpy(), x @ y,
@@ -204,23 +211,16 @@ def check_misc() -> dict[str, str]:
             picograd.cuda.clear_cache()  # programs are cached by graph, not by launch configuration
             try:
                 with Capture(profile=False) as cap:
-                    ta, tw, tc = (Tensor(v, device="cuda", requires_grad=True) for v in (a, w, c))
-                    out = (ta @ tw.T + tc).relu()  # an epilogue: bias, ReLU, and the pre-activation kept for backward
-                    (out * out).sum().backward()
-                    flipped = (ta @ Tensor(q, device="cuda")).T * 2  # stored transposed
+                    got = linear_relu(a, w, c)
+                    flipped = (Tensor(a, device="cuda") @ Tensor(q, device="cuda")).T * 2  # stored transposed
                     batched = Tensor(x, device="cuda") @ Tensor(y, device="cuda")  # past the small grid's z limit
-                    pg.realize(out, ta.grad, tw.grad, tc.grad, flipped, batched)
+                    pg.realize(*got, flipped, batched)
             finally:
                 os.environ.pop("PICOGRAD_CUDA_SIM_SMS", None)
                 picograd.cuda.clear_cache()
             sums = [k.name for rec in cap.programs for k in rec.kernels if k.name.endswith("_sum")]
             assert len(sums) >= splits_at_least or os.environ.get("PICOGRAD_CUDA_SPLIT_K") == "0", (sms, sums)
-            want = np.maximum(a @ w.T + c, 0)
-            g = 2 * want * (want > 0)
-            np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-4)
-            np.testing.assert_allclose(ta.grad.numpy(), g @ w, rtol=1e-4, atol=1e-3)
-            np.testing.assert_allclose(tw.grad.numpy(), g.T @ a, rtol=1e-4, atol=1e-3)
-            np.testing.assert_allclose(tc.grad.numpy(), g.sum(0), rtol=1e-4, atol=1e-3)
+            check_linear_relu(a, w, c, got)
             np.testing.assert_allclose(flipped.numpy(), (a @ q).T * 2, rtol=1e-5, atol=1e-4)
             np.testing.assert_allclose(batched.numpy(), x @ y, rtol=1e-5, atol=1e-4)
         # random shapes at the tiny tiles: k from 32 (the least that splits) up, edges that cut tiles, batches
